@@ -1,0 +1,3 @@
+from .photo_fit import FitConfig, PhotoFit, PhotoFitter
+
+__all__ = ["FitConfig", "PhotoFit", "PhotoFitter"]

@@ -1,0 +1,304 @@
+"""Fitting a morphable model to one photo (after Deng et al., CVPR-W 2019).
+
+Coarse to fine:
+1. rigid pose from PnP on the template's landmarks (OpenCV), then
+2. landmarks: pose, focal length, identity, expression (and jaw/neck/eyes when the model has
+   joints), with the detector's relative depth as a weak extra cue, then
+3. photometric: a face crop is rendered with SH lighting and per-vertex albedo and compared
+   with a robust L2,1 colour loss plus a gradient-domain structure term on the skin mask,
+   while the landmark term keeps the geometry anchored.
+Every coefficient has a Gaussian prior (bases are unit-variance, so a plain squared norm).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..detect.landmarks import FaceLandmarks, landmark_regions
+from ..geometry import vertex_neighbours
+from ..jobs import ensure_progress
+from ..models.morphable import MorphableLayer, axis_angle_to_matrix
+from ..render import render
+from ..render.camera import project
+from . import losses
+
+
+@dataclass
+class FitConfig:
+    landmark_steps: int = 120          # Adam steps on landmarks only
+    photo_steps: int = 30              # Adam steps of the photometric stage (0 disables it)
+    photo_size: int = 128              # side of the square face crop rendered in that stage
+    lr: float = 0.03
+    landmark_sigma: float = 0.012      # expected detector noise, as a fraction of the face size
+    inner_mouth_weight: float = 8.0    # Deng et al. weight nose and inner mouth more heavily
+    nose_weight: float = 4.0
+    depth_weight: float = 0.05         # the detector's depth is a learned guess: trust it little
+    photo_weight: float = 400.0        # scaled so that at convergence colour and landmarks pull alike
+    gradient_weight: float = 200.0
+    light_colour_prior: float = 20.0   # light is near white: penalise SH differences between channels
+    shape_prior: float = 1.0           # weights of the N(0,1) coefficient priors
+    expr_prior: float = 1.0
+    albedo_prior: float = 1.0
+    albedo_residual_prior: float = 40.0
+    albedo_smoothness: float = 20.0
+    joint_prior: float = 4.0
+    focal_prior: float = 0.5           # prior on log(focal / initial focal)
+    initial_fov_deg: float = 30.0      # initial horizontal-or-vertical field of view, whichever is wider
+    fit_focal: bool = True
+    n_shape: Optional[int] = None      # truncate bases (None = all)
+    n_expr: Optional[int] = None
+
+
+@dataclass
+class PhotoFit:
+    params: dict                       # numpy arrays: shape, expr, joint_pose, rotation, translation, focal, cx, cy, sh, albedo_coeffs
+    vertices_neutral: np.ndarray       # (V, 3) identity only, model space
+    vertices_model: np.ndarray         # (V, 3) with expression and joints, model space
+    vertices_camera: np.ndarray        # (V, 3) OpenCV camera space
+    vertex_albedo: np.ndarray          # (V, 3) in [0, 1]
+    landmarks_model_px: np.ndarray     # (L, 2) projected model landmarks
+    landmarks_detected_px: np.ndarray  # (L, 2) the detections they were fitted to
+    landmark_error_px: float           # mean 2D distance
+    landmark_error_rel: float          # the same, divided by the face size (bbox)
+    photometric_error: Optional[float]  # mean L2 colour distance on the skin mask (0..sqrt(3))
+    image_size: tuple                  # (H, W)
+    timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+def landmark_weights(detector_index: np.ndarray, config: FitConfig) -> np.ndarray:
+    regions = landmark_regions()
+    w = np.ones(len(detector_index), np.float32)
+    w[np.isin(detector_index, regions["nose"])] = config.nose_weight
+    w[np.isin(detector_index, regions["inner_lips"])] = config.inner_mouth_weight
+    return w
+
+
+def initial_pose(layer: MorphableLayer, lm2d: np.ndarray, focal: float, cx: float, cy: float):
+    """Rigid pose of the mean face from PnP; falls back to a frontal guess if PnP fails."""
+    import cv2
+
+    with torch.no_grad():
+        v = layer.v_template[None]
+        obj = layer.landmarks(v)[0].cpu().numpy().astype(np.float64)
+    K = np.array([[focal, 0, cx], [0, focal, cy], [0, 0, 1]], np.float64)
+    ok, rvec, tvec = cv2.solvePnP(obj, lm2d.astype(np.float64), K, None, flags=cv2.SOLVEPNP_EPNP)
+    if ok:
+        ok, rvec, tvec = cv2.solvePnP(obj, lm2d.astype(np.float64), K, None, rvec, tvec, True,
+                                      flags=cv2.SOLVEPNP_ITERATIVE)
+    if not ok or tvec[2, 0] <= 0:
+        # frontal: model y-up/z-out -> camera y-down/z-forward is a 180-degree turn about x
+        rvec = np.array([[np.pi], [0.0], [0.0]])
+        size = np.ptp(obj[:, 0])
+        tvec = np.array([[0.0], [0.0], [focal * size / max(np.ptp(lm2d[:, 0]), 1.0)]])
+    return rvec[:, 0].astype(np.float32), tvec[:, 0].astype(np.float32)
+
+
+def face_mask(landmarks_px: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Skin region from the detections: the face hull minus eyes and the inner mouth."""
+    import cv2
+
+    regions = landmark_regions()
+    mask = np.zeros((height, width), np.uint8)
+    pts = landmarks_px[:468, :2]
+    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
+    for key in ("left_eye", "right_eye", "inner_lips", "left_eyebrow", "right_eyebrow"):
+        hull = cv2.convexHull(np.round(pts[regions[key]]).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 0)
+    return mask.astype(np.float32)
+
+
+class PhotoFitter:
+    """Holds a model layer and fits photos with it (reuse it to fit many photos)."""
+
+    def __init__(self, layer: MorphableLayer, config: Optional[FitConfig] = None):
+        self.layer = layer
+        self.config = config or FitConfig()
+        self.device = layer.device
+        nb, nbm = vertex_neighbours(layer.model.faces, layer.model.n_vertices)
+        self._nb = torch.as_tensor(nb, device=self.device)
+        self._nbm = torch.as_tensor(nbm, dtype=torch.float32, device=self.device)
+
+    def fit(self, image_rgb: np.ndarray, detection: FaceLandmarks, progress=None) -> PhotoFit:
+        cfg, layer, dev = self.config, self.layer, self.device
+        progress = ensure_progress(progress)
+        t0 = time.perf_counter()
+        H, W = image_rgb.shape[:2]
+        lm_idx = layer.lm_detector_index.cpu().numpy()
+        target = torch.as_tensor(detection.points[lm_idx], dtype=torch.float32, device=dev)[None]
+        weights = torch.as_tensor(landmark_weights(lm_idx, cfg), device=dev)[None]
+        face_size = float(detection.face_size)
+        cx, cy = W / 2.0, H / 2.0
+        f0 = 0.5 * max(H, W) / np.tan(np.radians(cfg.initial_fov_deg) / 2)
+        rvec, tvec = initial_pose(layer, detection.points[lm_idx, :2], f0, cx, cy)
+
+        p = {
+            "shape": torch.zeros(1, layer.n_shape, device=dev, requires_grad=True),
+            "expr": torch.zeros(1, layer.n_expr, device=dev, requires_grad=True),
+            "rot": torch.tensor(rvec[None], device=dev, requires_grad=True),
+            "trans": torch.tensor(tvec[None], device=dev, requires_grad=True),
+            "log_focal": torch.zeros(1, device=dev, requires_grad=cfg.fit_focal),
+        }
+        if layer.n_pose_joints:
+            p["joint_pose"] = torch.zeros(1, layer.n_pose_joints, 3, device=dev, requires_grad=True)
+
+        def geometry():
+            verts = layer(p["shape"], p["expr"], p.get("joint_pose"))
+            R = axis_angle_to_matrix(p["rot"])
+            cam = verts @ R.transpose(1, 2) + p["trans"][:, None]
+            focal = f0 * torch.exp(p["log_focal"])
+            return verts, cam, focal
+
+        def prior_terms():
+            reg = cfg.shape_prior * (p["shape"] ** 2).sum() + cfg.expr_prior * (p["expr"] ** 2).sum()
+            if "joint_pose" in p:
+                reg = reg + cfg.joint_prior * (p["joint_pose"] ** 2).sum() * 100
+            reg = reg + cfg.focal_prior * (p["log_focal"] ** 2).sum() * 100
+            return reg
+
+        # MAP scaling: data terms in units of the expected noise, priors as squared norms
+        lm_scale = 0.5 * weights.sum().item() / cfg.landmark_sigma ** 2
+
+        def landmark_terms(cam, focal):
+            lm_cam = layer.landmarks(cam)
+            lm_px = project(lm_cam, focal, cx, cy)
+            e = losses.landmark_loss(lm_px, target[..., :2], weights, face_size)
+            d = losses.depth_loss(lm_cam, target[..., 2], weights, focal, face_size)
+            return lm_scale * (e + cfg.depth_weight * d), lm_px
+
+        # ---- stage 1: landmarks (pose first, then everything) --------------------------------
+        stage1 = [p["rot"], p["trans"], p["shape"], p["expr"]] + ([p["log_focal"]] if cfg.fit_focal else [])
+        if "joint_pose" in p:
+            stage1.append(p["joint_pose"])
+        opt = torch.optim.Adam(stage1, lr=cfg.lr)
+        n1 = cfg.landmark_steps
+        for it in range(n1):
+            opt.zero_grad(set_to_none=True)
+            verts, cam, focal = geometry()
+            data, _ = landmark_terms(cam, focal)
+            loss = data + 0.5 * prior_terms()
+            loss.backward()
+            if it < n1 // 4:        # let the rigid pose settle before the shape moves
+                for k in ("shape", "expr", "joint_pose"):
+                    if k in p:
+                        p[k].grad = None
+            opt.step()
+            if it % 10 == 0:
+                progress.update("fitting landmarks", 0.7 * it / max(n1, 1) if cfg.photo_steps else it / max(n1, 1))
+        t1 = time.perf_counter()
+
+        # ---- stage 2: photometric on a face crop ----------------------------------------------
+        V = layer.model.n_vertices
+        albedo_coeffs = torch.zeros(1, layer.n_albedo, device=dev, requires_grad=True)
+        albedo_res = torch.zeros(1, V, 3, device=dev, requires_grad=True)
+        sh = torch.zeros(1, 9, 3, device=dev)
+        sh[:, 0] = 1.0 / 0.886227   # ambient light of irradiance ~1 (pi * c0)
+        sh.requires_grad_(True)
+        photo_err = None
+        if cfg.photo_steps > 0:
+            crop = _face_crop(detection, H, W, cfg.photo_size)
+            img_t = torch.as_tensor(crop.apply(image_rgb), dtype=torch.float32, device=dev)[None] / 255.0
+            skin = torch.as_tensor(crop.apply_mask(face_mask(detection.points, H, W)), device=dev)[None]
+            mean_colour = (img_t * skin[..., None]).sum((1, 2)) / skin.sum().clamp_min(1)
+            with torch.no_grad():   # start the albedo's brightness from the photo
+                base = layer.albedo(None).mean((0, 1))
+                sh[:, 0] = sh[:, 0] * (mean_colour[0] / base.clamp_min(1e-3))
+            opt2 = torch.optim.Adam([
+                {"params": [sh, albedo_coeffs, albedo_res], "lr": 0.05},
+                {"params": [p["shape"], p["expr"], p["rot"], p["trans"]]
+                 + ([p["joint_pose"]] if "joint_pose" in p else []), "lr": cfg.lr * 0.3},
+            ])
+            S = cfg.photo_size
+            n2 = cfg.photo_steps
+            for it in range(n2):
+                opt2.zero_grad(set_to_none=True)
+                verts, cam, focal = geometry()
+                data, _ = landmark_terms(cam, focal)
+                alb = (layer.albedo(albedo_coeffs if layer.n_albedo else None) + albedo_res).clamp(0, 1)
+                out = render(cam, layer.faces, alb, sh, focal * crop.scale, (cx - crop.x0) * crop.scale,
+                             (cy - crop.y0) * crop.scale, S, S)
+                m = skin * out.mask.float()
+                photo = losses.photometric_loss(out.image, img_t, m)
+                grad = losses.gradient_loss(out.image, img_t, m)
+                reg_alb = cfg.albedo_prior * (albedo_coeffs ** 2).sum() \
+                    + cfg.albedo_residual_prior * (albedo_res ** 2).sum(-1).mean() * V \
+                    + cfg.albedo_smoothness * losses.laplacian_smoothness(albedo_res, self._nb, self._nbm) * V
+                chroma = ((sh - sh.mean(-1, keepdim=True)) ** 2).sum() / (sh[:, 0] ** 2).mean().detach()
+                loss = data + 0.5 * prior_terms() + 0.5 * reg_alb + cfg.light_colour_prior * chroma \
+                    + cfg.photo_weight * photo + cfg.gradient_weight * grad
+                loss.backward()
+                opt2.step()
+                photo_err = float(photo.detach())
+                if it % 5 == 0:
+                    progress.update("fitting colour and light", 0.7 + 0.3 * it / n2)
+        t2 = time.perf_counter()
+
+        # ---- results ---------------------------------------------------------------------------
+        with torch.no_grad():
+            verts, cam, focal = geometry()
+            neutral = layer.shaped(p["shape"])
+            _, lm_px = landmark_terms(cam, focal)
+            alb = (layer.albedo(albedo_coeffs if layer.n_albedo else None) + albedo_res).clamp(0, 1)
+            R = axis_angle_to_matrix(p["rot"])[0]
+        lm_px = lm_px[0].cpu().numpy()
+        det_px = target[0, :, :2].cpu().numpy()
+        err = float(np.linalg.norm(lm_px - det_px, axis=1).mean())
+        params = {
+            "shape": p["shape"][0].detach().cpu().numpy(),
+            "expr": p["expr"][0].detach().cpu().numpy(),
+            "joint_pose": p["joint_pose"][0].detach().cpu().numpy() if "joint_pose" in p else np.zeros((0, 3), np.float32),
+            "rotation": R.cpu().numpy(),
+            "translation": p["trans"][0].detach().cpu().numpy(),
+            "focal": np.float32(focal.item()),
+            "cx": np.float32(cx),
+            "cy": np.float32(cy),
+            "sh": sh[0].detach().cpu().numpy(),
+            "albedo_coeffs": albedo_coeffs[0].detach().cpu().numpy(),
+        }
+        progress.update("fit done", 1.0)
+        return PhotoFit(
+            params=params,
+            vertices_neutral=neutral[0].cpu().numpy(),
+            vertices_model=verts[0].cpu().numpy(),
+            vertices_camera=cam[0].cpu().numpy(),
+            vertex_albedo=alb[0].cpu().numpy(),
+            landmarks_model_px=lm_px,
+            landmarks_detected_px=det_px,
+            landmark_error_px=err,
+            landmark_error_rel=err / face_size,
+            photometric_error=photo_err,
+            image_size=(H, W),
+            timings={"landmarks_s": t1 - t0, "photometric_s": t2 - t1, "total_s": time.perf_counter() - t0},
+            warnings=list(detection.warnings),
+        )
+
+
+@dataclass
+class _Crop:
+    x0: float
+    y0: float
+    scale: float
+    size: int
+
+    def apply(self, image):
+        import cv2
+        M = np.array([[self.scale, 0, -self.x0 * self.scale], [0, self.scale, -self.y0 * self.scale]], np.float32)
+        return cv2.warpAffine(image, M, (self.size, self.size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+
+    def apply_mask(self, mask):
+        import cv2
+        M = np.array([[self.scale, 0, -self.x0 * self.scale], [0, self.scale, -self.y0 * self.scale]], np.float32)
+        out = cv2.warpAffine(mask, M, (self.size, self.size), flags=cv2.INTER_LINEAR, borderValue=0)
+        return (out > 0.5).astype(np.float32)
+
+
+def _face_crop(det: FaceLandmarks, H, W, size) -> _Crop:
+    x0, y0, x1, y1 = det.bbox
+    c = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    side = 1.25 * max(x1 - x0, y1 - y0)
+    return _Crop(float(c[0] - side / 2), float(c[1] - side / 2), size / side, size)

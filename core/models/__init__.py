@@ -1,0 +1,48 @@
+"""Morphable models: one interface (MorphableModel), several loaders.
+
+``load_model(spec)`` accepts "builtin", a FLAME ``.pkl`` or a FaceForge ``.npz``. Models
+without landmark correspondences get them found automatically (see correspondence.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelFileError
+from .morphable import JointRig, LandmarkEmbedding, MorphableLayer, MorphableModel
+
+__all__ = ["JointRig", "LandmarkEmbedding", "MorphableLayer", "MorphableModel", "load_model"]
+
+_cache: dict = {}
+
+
+def load_model(spec="builtin", find_landmarks: bool = True) -> MorphableModel:
+    """Load a model by name or path; results are cached per (path, mtime)."""
+    if isinstance(spec, MorphableModel):
+        model = spec
+    elif spec in (None, "", "builtin", "BUILTIN"):
+        from .builtin import load_builtin
+        model = load_builtin()
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelFileError(f"Model file not found: {path}")
+        key = (str(path.resolve()), path.stat().st_mtime_ns, find_landmarks)
+        if key in _cache:
+            return _cache[key]
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            from .npz_format import load_model_npz
+            model = load_model_npz(path)
+        elif suffix in (".pkl", ".pickle"):
+            from .flame import load_flame
+            model = load_flame(path)
+        else:
+            raise ModelFileError(
+                f"Unsupported model file '{path.name}': use a FLAME .pkl or a FaceForge .npz "
+                "(see docs/model_format.md).")
+        _cache[key] = model
+    if find_landmarks and model.landmarks is None:
+        from .correspondence import find_landmark_embedding
+        model.landmarks = find_landmark_embedding(model)
+    return model

@@ -1,0 +1,279 @@
+"""One interface for every linear head model (built-in, FLAME, user .npz).
+
+Conventions (shared by every loader, the fitter and the Blender side):
+- Units are metres; model space is y-up, +z pointing out of the face (FLAME's convention).
+- Bases are (V, 3, K) and scaled so that coefficients are ~N(0, 1): the fitter's
+  regulariser is a plain squared norm, whatever the model.
+- Optional joints follow FLAME: joint 0 is the root (its rotation is the global head
+  rotation, which FaceForge keeps outside the model as a rigid transform); the other
+  joints (e.g. neck, jaw, eyeballs) are posed with axis-angle vectors through linear blend
+  skinning plus pose-corrective blendshapes.
+- ``landmarks`` maps points of the face detector (mediapipe's 478) onto the surface as
+  (triangle, barycentric) pairs, so any topology can be fitted to detections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import ModelFileError
+
+
+@dataclass
+class JointRig:
+    names: list                     # J names, e.g. ["root", "neck", "jaw", "eye_L", "eye_R"]
+    parents: np.ndarray             # (J,) int64, -1 for the root
+    regressor: np.ndarray           # (J, V) float32: joint locations = regressor @ vertices
+    weights: np.ndarray             # (V, J) float32 skinning weights, rows sum to 1
+    posedirs: Optional[np.ndarray] = None  # (9*(J-1), V, 3) pose correctives (FLAME), or None
+
+
+@dataclass
+class LandmarkEmbedding:
+    detector_index: np.ndarray      # (L,) int64: which detector point (0..477) each landmark is
+    face_index: np.ndarray          # (L,) int64: triangle the landmark lies on
+    bary: np.ndarray                # (L, 3) float32 barycentric coordinates in that triangle
+    method: str = "given"           # how it was found ("identity", "render-detect", ...)
+    error_mm: Optional[float] = None  # self-check error reported by the finder, if known
+
+
+@dataclass
+class MorphableModel:
+    name: str
+    v_template: np.ndarray          # (V, 3) float32
+    faces: np.ndarray               # (F, 3) int64
+    shape_basis: np.ndarray         # (V, 3, Ks) float32
+    expr_basis: np.ndarray          # (V, 3, Ke) float32
+    expr_names: list                # Ke names (become Blender shape-key names)
+    albedo_mean: Optional[np.ndarray] = None   # (V, 3) in [0, 1]
+    albedo_basis: Optional[np.ndarray] = None  # (V, 3, Ka)
+    joints: Optional[JointRig] = None
+    landmarks: Optional[LandmarkEmbedding] = None
+    uv: Optional[np.ndarray] = None            # (V, 2) per-vertex UVs, if the model has them
+    source: str = ""                            # path or description, for reports
+    notes: dict = field(default_factory=dict)   # free-form provenance (how it was built)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_vertices(self) -> int:
+        return int(self.v_template.shape[0])
+
+    @property
+    def n_shape(self) -> int:
+        return int(self.shape_basis.shape[2])
+
+    @property
+    def n_expr(self) -> int:
+        return int(self.expr_basis.shape[2])
+
+    @property
+    def n_albedo(self) -> int:
+        return 0 if self.albedo_basis is None else int(self.albedo_basis.shape[2])
+
+    @property
+    def n_pose_joints(self) -> int:
+        """Joints FaceForge poses (all but the root)."""
+        return 0 if self.joints is None else len(self.joints.names) - 1
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "vertices": self.n_vertices,
+            "triangles": int(self.faces.shape[0]),
+            "identity_components": self.n_shape,
+            "expression_components": self.n_expr,
+            "albedo_components": self.n_albedo,
+            "joints": [] if self.joints is None else list(self.joints.names),
+            "landmarks": 0 if self.landmarks is None else int(len(self.landmarks.face_index)),
+            "landmark_method": None if self.landmarks is None else self.landmarks.method,
+        }
+
+    # ------------------------------------------------------------- validation
+    def validate(self) -> "MorphableModel":
+        """Check every array against the others; raise ModelFileError naming the first mismatch."""
+        V = self.v_template.shape[0] if self.v_template.ndim == 2 else -1
+
+        def need(cond: bool, what: str) -> None:
+            if not cond:
+                raise ModelFileError(f"Model '{self.name}' ({self.source or 'in memory'}): {what}")
+
+        need(self.v_template.ndim == 2 and self.v_template.shape[1] == 3 and V >= 3,
+             f"template vertices must be (V, 3), got {self.v_template.shape}")
+        need(self.faces.ndim == 2 and self.faces.shape[1] == 3 and len(self.faces) > 0,
+             f"triangles must be (F, 3), got {self.faces.shape}")
+        need(int(self.faces.min()) >= 0 and int(self.faces.max()) < V,
+             f"triangle indices must lie in [0, {V}), got [{self.faces.min()}, {self.faces.max()}]")
+        for label, basis in (("identity", self.shape_basis), ("expression", self.expr_basis)):
+            need(basis.ndim == 3 and basis.shape[:2] == (V, 3),
+                 f"{label} basis must be (V={V}, 3, K), got {basis.shape}")
+        need(len(self.expr_names) == self.n_expr,
+             f"{self.n_expr} expression components but {len(self.expr_names)} names")
+        need(len(set(self.expr_names)) == len(self.expr_names), "expression names must be unique")
+        if self.albedo_mean is not None:
+            need(self.albedo_mean.shape == (V, 3), f"albedo mean must be (V, 3), got {self.albedo_mean.shape}")
+        if self.albedo_basis is not None:
+            need(self.albedo_mean is not None, "albedo basis without an albedo mean")
+            need(self.albedo_basis.ndim == 3 and self.albedo_basis.shape[:2] == (V, 3),
+                 f"albedo basis must be (V, 3, K), got {self.albedo_basis.shape}")
+        if self.uv is not None:
+            need(self.uv.shape == (V, 2), f"UVs must be (V, 2), got {self.uv.shape}")
+        if self.joints is not None:
+            j = self.joints
+            J = len(j.names)
+            need(J >= 1 and j.parents.shape == (J,) and j.parents[0] == -1,
+                 "joint parents must be (J,) with the root first (-1)")
+            need(all(0 <= j.parents[i] < i for i in range(1, J)),
+                 "every joint's parent must come before it")
+            need(j.regressor.shape == (J, V), f"joint regressor must be (J={J}, V={V}), got {j.regressor.shape}")
+            need(j.weights.shape == (V, J), f"skinning weights must be (V={V}, J={J}), got {j.weights.shape}")
+            if j.posedirs is not None:
+                need(j.posedirs.shape == (9 * (J - 1), V, 3),
+                     f"pose correctives must be ({9 * (J - 1)}, V, 3), got {j.posedirs.shape}")
+        if self.landmarks is not None:
+            lm = self.landmarks
+            L = len(lm.face_index)
+            need(lm.detector_index.shape == (L,) and lm.bary.shape == (L, 3),
+                 "landmark embedding arrays disagree in length")
+            need(L == 0 or (int(lm.face_index.min()) >= 0 and int(lm.face_index.max()) < len(self.faces)),
+                 "landmark triangles out of range")
+        for label, arr in (("template", self.v_template), ("identity basis", self.shape_basis),
+                           ("expression basis", self.expr_basis)):
+            need(bool(np.isfinite(arr).all()), f"{label} contains NaN or infinite values")
+        return self
+
+    # ------------------------------------------------------------------ torch
+    def layer(self, device="cpu", n_shape: Optional[int] = None, n_expr: Optional[int] = None,
+              n_albedo: Optional[int] = None) -> "MorphableLayer":
+        """A torch module evaluating this model on ``device`` (optionally with truncated bases)."""
+        return MorphableLayer(self, device, n_shape, n_expr, n_albedo)
+
+
+# ---------------------------------------------------------------------------- torch side
+def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
+    """Rodrigues' formula, batched: (..., 3) -> (..., 3, 3); smooth at zero."""
+    theta2 = (aa * aa).sum(-1, keepdim=True)
+    theta = torch.sqrt(theta2 + 1e-12)
+    k = aa / theta
+    kx, ky, kz = k.unbind(-1)
+    zero = torch.zeros_like(kx)
+    K = torch.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], -1).reshape(aa.shape[:-1] + (3, 3))
+    s = torch.sin(theta)[..., None]
+    c = torch.cos(theta)[..., None]
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand(K.shape)
+    return eye + s * K + (1 - c) * (K @ K)
+
+
+class MorphableLayer(torch.nn.Module):
+    """Evaluates a MorphableModel in torch. Inputs are batched (B, K); outputs (B, V, 3)."""
+
+    def __init__(self, model: MorphableModel, device="cpu", n_shape=None, n_expr=None, n_albedo=None):
+        super().__init__()
+        self.model = model
+        ks = model.n_shape if n_shape is None else min(n_shape, model.n_shape)
+        ke = model.n_expr if n_expr is None else min(n_expr, model.n_expr)
+        ka = model.n_albedo if n_albedo is None else min(n_albedo, model.n_albedo)
+        self.n_shape, self.n_expr, self.n_albedo = ks, ke, ka
+        V = model.n_vertices
+        f32 = dict(dtype=torch.float32, device=device)
+        self.register_buffer("v_template", torch.as_tensor(model.v_template, **f32))
+        self.register_buffer("faces", torch.as_tensor(model.faces, dtype=torch.long, device=device))
+        # (V*3, K) so a batch of coefficients is one matmul
+        self.register_buffer("shape_basis", torch.as_tensor(model.shape_basis[:, :, :ks], **f32).reshape(V * 3, ks))
+        self.register_buffer("expr_basis", torch.as_tensor(model.expr_basis[:, :, :ke], **f32).reshape(V * 3, ke))
+        albedo_mean = model.albedo_mean if model.albedo_mean is not None else np.full((V, 3), 0.6, np.float32)
+        self.register_buffer("albedo_mean", torch.as_tensor(albedo_mean, **f32))
+        if ka > 0:
+            self.register_buffer("albedo_basis", torch.as_tensor(model.albedo_basis[:, :, :ka], **f32).reshape(V * 3, ka))
+        else:
+            self.albedo_basis = None
+        j = model.joints
+        if j is not None:
+            self.parents = [int(p) for p in j.parents]
+            self.register_buffer("j_regressor", torch.as_tensor(j.regressor, **f32))
+            self.register_buffer("lbs_weights", torch.as_tensor(j.weights, **f32))
+            if j.posedirs is not None:
+                self.register_buffer("posedirs", torch.as_tensor(j.posedirs, **f32).reshape(-1, V * 3))
+            else:
+                self.posedirs = None
+        lm = model.landmarks
+        if lm is not None:
+            self.register_buffer("lm_faces", torch.as_tensor(model.faces[lm.face_index], dtype=torch.long, device=device))
+            self.register_buffer("lm_bary", torch.as_tensor(lm.bary, **f32))
+            self.register_buffer("lm_detector_index", torch.as_tensor(lm.detector_index, dtype=torch.long, device=device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.v_template.device
+
+    @property
+    def n_pose_joints(self) -> int:
+        return self.model.n_pose_joints
+
+    def zeros(self, batch: int = 1) -> dict:
+        """Neutral coefficients for a batch: a convenient starting point for fits."""
+        z = lambda k: torch.zeros(batch, k, device=self.device)  # noqa: E731
+        return {"shape": z(self.n_shape), "expr": z(self.n_expr),
+                "joint_pose": torch.zeros(batch, self.n_pose_joints, 3, device=self.device)}
+
+    def shaped(self, shape: torch.Tensor, expr: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Template + identity (+ expression) offsets, no joints: (B, V, 3)."""
+        B = shape.shape[0]
+        offsets = shape @ self.shape_basis.T
+        if expr is not None and self.n_expr > 0:
+            offsets = offsets + expr @ self.expr_basis.T
+        return self.v_template[None] + offsets.reshape(B, -1, 3)
+
+    def forward(self, shape: torch.Tensor, expr: Optional[torch.Tensor] = None,
+                joint_pose: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Vertices in model space: (B, V, 3). ``joint_pose`` is (B, J-1, 3) axis-angle."""
+        v = self.shaped(shape, expr)
+        if self.model.joints is None or joint_pose is None:
+            return v
+        return self.skin(v, joint_pose)
+
+    def skin(self, v_shaped: torch.Tensor, joint_pose: torch.Tensor) -> torch.Tensor:
+        B, V, _ = v_shaped.shape
+        J = len(self.parents)
+        joints = torch.einsum("jv,bvc->bjc", self.j_regressor, v_shaped)
+        rot = axis_angle_to_matrix(joint_pose)                              # (B, J-1, 3, 3)
+        eye = torch.eye(3, device=v_shaped.device).expand(B, 1, 3, 3)
+        rot = torch.cat([eye, rot], 1)                                      # root stays unrotated
+        v = v_shaped
+        if self.posedirs is not None:
+            feat = (rot[:, 1:] - torch.eye(3, device=v.device)).reshape(B, -1)
+            v = v + (feat @ self.posedirs).reshape(B, V, 3)
+        # forward kinematics: world transform of each joint
+        rel = joints.clone()
+        rel[:, 1:] = joints[:, 1:] - joints[:, self.parents[1:]]
+        local = torch.zeros(B, J, 4, 4, device=v.device)
+        local[:, :, :3, :3] = rot
+        local[:, :, :3, 3] = rel
+        local[:, :, 3, 3] = 1.0
+        world = [local[:, 0]]
+        for i in range(1, J):
+            world.append(world[self.parents[i]] @ local[:, i])
+        world = torch.stack(world, 1)                                        # (B, J, 4, 4)
+        # remove the rest-pose joint location so transforms act on rest-pose vertices
+        rest = torch.einsum("bjik,bjk->bji", world[:, :, :3, :3], joints)
+        world = world.clone()
+        world[:, :, :3, 3] = world[:, :, :3, 3] - rest
+        T = torch.einsum("vj,bjik->bvik", self.lbs_weights, world)           # (B, V, 4, 4)
+        return torch.einsum("bvik,bvk->bvi", T[:, :, :3, :3], v) + T[:, :, :3, 3]
+
+    def albedo(self, coeffs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-vertex albedo (B, V, 3) in [0, 1] from albedo coefficients (or the mean)."""
+        if coeffs is None or self.albedo_basis is None:
+            return self.albedo_mean[None]
+        B = coeffs.shape[0]
+        return (self.albedo_mean[None] + (coeffs @ self.albedo_basis.T).reshape(B, -1, 3)).clamp(0.0, 1.0)
+
+    def landmarks(self, verts: torch.Tensor) -> torch.Tensor:
+        """Landmark positions (B, L, 3) on posed vertices (B, V, 3)."""
+        if self.model.landmarks is None:
+            raise ModelFileError(f"Model '{self.model.name}' has no landmark correspondences yet.")
+        tri = verts[:, self.lm_faces]                                        # (B, L, 3, 3)
+        return (tri * self.lm_bary[None, :, :, None]).sum(2)
