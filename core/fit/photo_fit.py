@@ -30,10 +30,11 @@ from . import losses
 
 @dataclass
 class FitConfig:
-    landmark_steps: int = 120          # Adam steps on landmarks only
+    landmark_steps: int = 100          # L-BFGS iterations on landmarks only
     photo_steps: int = 30              # Adam steps of the photometric stage (0 disables it)
     photo_size: int = 128              # side of the square face crop rendered in that stage
-    lr: float = 0.03
+    geometry_lr_photo: float = 0.002   # Adam step of the geometry in the photometric stage: a nudge,
+                                       # since Adam moves every parameter by ~lr per step
     landmark_sigma: float = 0.012      # expected detector noise, as a fraction of the face size
     inner_mouth_weight: float = 8.0    # Deng et al. weight nose and inner mouth more heavily
     nose_weight: float = 4.0
@@ -140,17 +141,29 @@ class PhotoFitter:
         p = {
             "shape": torch.zeros(1, layer.n_shape, device=dev, requires_grad=True),
             "expr": torch.zeros(1, layer.n_expr, device=dev, requires_grad=True),
-            "rot": torch.tensor(rvec[None], device=dev, requires_grad=True),
-            "trans": torch.tensor(tvec[None], device=dev, requires_grad=True),
+            # rotation = exp(delta) @ R_pnp: the PnP rotation is near 180 degrees, where a plain
+            # axis-angle parameterisation is badly conditioned; a small delta is not
+            "rot": torch.zeros(1, 3, device=dev, requires_grad=True),
+            # translation in units of the initial distance, so all parameters are O(1)
+            "trans": torch.zeros(1, 3, device=dev, requires_grad=True),
             "log_focal": torch.zeros(1, device=dev, requires_grad=cfg.fit_focal),
         }
         if layer.n_pose_joints:
             p["joint_pose"] = torch.zeros(1, layer.n_pose_joints, 3, device=dev, requires_grad=True)
 
+        R0 = axis_angle_to_matrix(torch.tensor(rvec[None], device=dev))
+        t0_vec = torch.tensor(tvec[None], device=dev)
+        dist0 = float(tvec[2])
+
+        def rotation():
+            return axis_angle_to_matrix(p["rot"]) @ R0
+
+        def translation():
+            return t0_vec + dist0 * p["trans"]
+
         def geometry():
             verts = layer(p["shape"], p["expr"], p.get("joint_pose"))
-            R = axis_angle_to_matrix(p["rot"])
-            cam = verts @ R.transpose(1, 2) + p["trans"][:, None]
+            cam = verts @ rotation().transpose(1, 2) + translation()[:, None]
             focal = f0 * torch.exp(p["log_focal"])
             return verts, cam, focal
 
@@ -171,25 +184,34 @@ class PhotoFitter:
             d = losses.depth_loss(lm_cam, target[..., 2], weights, focal, face_size)
             return lm_scale * (e + cfg.depth_weight * d), lm_px
 
-        # ---- stage 1: landmarks (pose first, then everything) --------------------------------
-        stage1 = [p["rot"], p["trans"], p["shape"], p["expr"]] + ([p["log_focal"]] if cfg.fit_focal else [])
-        if "joint_pose" in p:
-            stage1.append(p["joint_pose"])
-        opt = torch.optim.Adam(stage1, lr=cfg.lr)
-        n1 = cfg.landmark_steps
-        for it in range(n1):
-            opt.zero_grad(set_to_none=True)
-            verts, cam, focal = geometry()
-            data, _ = landmark_terms(cam, focal)
-            loss = data + 0.5 * prior_terms()
-            loss.backward()
-            if it < n1 // 4:        # let the rigid pose settle before the shape moves
-                for k in ("shape", "expr", "joint_pose"):
-                    if k in p:
-                        p[k].grad = None
-            opt.step()
-            if it % 10 == 0:
-                progress.update("fitting landmarks", 0.7 * it / max(n1, 1) if cfg.photo_steps else it / max(n1, 1))
+        # ---- stage 1: landmarks -------------------------------------------------------------
+        # a small least-squares problem: L-BFGS with a line search converges in a few dozen
+        # evaluations where Adam needs hundreds. Rigid pose first, then everything.
+        rigid = [p["rot"], p["trans"]] + ([p["log_focal"]] if cfg.fit_focal else [])
+        full = rigid + [p["shape"], p["expr"]] + ([p["joint_pose"]] if "joint_pose" in p else [])
+        evals = [0]
+        total_evals = cfg.landmark_steps
+
+        def run_lbfgs(params, max_iter):
+            opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20,
+                                    line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+
+            def closure():
+                opt.zero_grad(set_to_none=True)
+                _, cam, focal = geometry()
+                data, _ = landmark_terms(cam, focal)
+                loss = data + 0.5 * prior_terms()
+                loss.backward()
+                evals[0] += 1
+                if evals[0] % 10 == 0:
+                    frac = min(evals[0] / total_evals, 1.0)
+                    progress.update("fitting landmarks", 0.7 * frac if cfg.photo_steps else frac)
+                return loss
+
+            opt.step(closure)
+
+        run_lbfgs(rigid, max(cfg.landmark_steps // 6, 5))
+        run_lbfgs(full, cfg.landmark_steps)
         t1 = time.perf_counter()
 
         # ---- stage 2: photometric on a face crop ----------------------------------------------
@@ -211,7 +233,7 @@ class PhotoFitter:
             opt2 = torch.optim.Adam([
                 {"params": [sh, albedo_coeffs, albedo_res], "lr": 0.05},
                 {"params": [p["shape"], p["expr"], p["rot"], p["trans"]]
-                 + ([p["joint_pose"]] if "joint_pose" in p else []), "lr": cfg.lr * 0.3},
+                 + ([p["joint_pose"]] if "joint_pose" in p else []), "lr": cfg.geometry_lr_photo},
             ])
             S = cfg.photo_size
             n2 = cfg.photo_steps
@@ -244,7 +266,7 @@ class PhotoFitter:
             neutral = layer.shaped(p["shape"])
             _, lm_px = landmark_terms(cam, focal)
             alb = (layer.albedo(albedo_coeffs if layer.n_albedo else None) + albedo_res).clamp(0, 1)
-            R = axis_angle_to_matrix(p["rot"])[0]
+            R = rotation()[0]
         lm_px = lm_px[0].cpu().numpy()
         det_px = target[0, :, :2].cpu().numpy()
         err = float(np.linalg.norm(lm_px - det_px, axis=1).mean())
@@ -253,7 +275,7 @@ class PhotoFitter:
             "expr": p["expr"][0].detach().cpu().numpy(),
             "joint_pose": p["joint_pose"][0].detach().cpu().numpy() if "joint_pose" in p else np.zeros((0, 3), np.float32),
             "rotation": R.cpu().numpy(),
-            "translation": p["trans"][0].detach().cpu().numpy(),
+            "translation": translation()[0].detach().cpu().numpy(),
             "focal": np.float32(focal.item()),
             "cx": np.float32(cx),
             "cy": np.float32(cy),

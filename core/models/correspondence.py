@@ -19,7 +19,7 @@ from .morphable import LandmarkEmbedding, MorphableModel
 SKIN = np.array([0.78, 0.60, 0.50], np.float32)
 
 
-def render_template(model: MorphableModel, size: int = 640, device="cpu", yaw_deg: float = 0.0):
+def render_template(model: MorphableModel, size: int = 640, device="cpu", yaw_deg: float = 0.0, albedo=None):
     """Frontal render of the neutral template. Returns (image uint8, fragments, camera dict)."""
     from ..render import render
 
@@ -36,7 +36,8 @@ def render_template(model: MorphableModel, size: int = 640, device="cpu", yaw_de
     dist = focal * extent / (0.8 * size)          # the model spans ~80% of the image
     t = torch.tensor([0.0, 0.0, dist], device=device) - R @ centre
     cam = (v @ R.T + t)[None]
-    albedo = model.albedo_mean if model.albedo_mean is not None else np.tile(SKIN, (model.n_vertices, 1))
+    if albedo is None:
+        albedo = model.albedo_mean if model.albedo_mean is not None else np.tile(SKIN, (model.n_vertices, 1))
     albedo = torch.as_tensor(albedo, dtype=torch.float32, device=device)[None]
     sh = torch.zeros(1, 9, 3, device=device)
     sh[:, 0] = 0.75 / 0.886227      # ambient
@@ -50,34 +51,130 @@ def render_template(model: MorphableModel, size: int = 640, device="cpu", yaw_de
     return img, out.fragments, {"R": R, "t": t, "focal": focal, "size": size}
 
 
-def find_landmark_embedding(model: MorphableModel, size: int = 640, device="cpu") -> LandmarkEmbedding:
-    """Detector-point -> surface embedding for ``model``; raises ModelFileError if it cannot."""
-    from ..detect.landmarks import LandmarkDetector
-
-    img, frags, _ = render_template(model, size, device)
-    try:
-        with LandmarkDetector(video=False, max_faces=1, min_confidence=0.3) as det:
-            found = det.detect(img, source="the model's template render")
-    except NoFaceError as exc:
-        raise ModelFileError(
-            f"Could not find facial landmarks on model '{model.name}': the detector saw no face on a "
-            "frontal render of its template. FaceForge expects metres, y up and the face looking "
-            "along +z; check the model's axes, or give the landmark embedding in a FaceForge .npz.") from exc
+def _lift(model, img, frags, cam, points_px, size):
+    """Detected pixels -> 3D model-space points on the rendered surface."""
     pix_to_face = frags.pix_to_face[0].cpu().numpy()
     bary = frags.bary[0].detach().cpu().numpy()
-    covered = np.argwhere(pix_to_face >= 0)               # (N, 2) rows, cols
-    n = found.points.shape[0]
-    face_index = np.zeros(n, np.int64)
-    bary_out = np.zeros((n, 3), np.float32)
-    for i, (x, y) in enumerate(found.points[:, :2]):
+    covered = np.argwhere(pix_to_face >= 0)
+    out = np.zeros((len(points_px), 3))
+    for i, (x, y) in enumerate(points_px):
         r, c = int(np.clip(y, 0, size - 1)), int(np.clip(x, 0, size - 1))
         if pix_to_face[r, c] < 0:                          # just off the silhouette: nearest covered pixel
             k = np.argmin((covered[:, 0] - y) ** 2 + (covered[:, 1] - x) ** 2)
             r, c = covered[k]
-        face_index[i] = pix_to_face[r, c]
         b = np.clip(bary[r, c], 0, None)
-        bary_out[i] = b / max(b.sum(), 1e-8)
-    return LandmarkEmbedding(np.arange(n), face_index, bary_out, method="render-detect")
+        b = b / max(b.sum(), 1e-8)
+        out[i] = (model.v_template[model.faces[pix_to_face[r, c]]] * b[:, None]).sum(0)
+    return out
+
+
+def closest_surface_points(vertices, faces, points, candidates: int = 24):
+    """(face index, barycentrics) of the closest surface point to each query point."""
+    centroids = vertices[faces].mean(1)
+    face_index = np.zeros(len(points), np.int64)
+    bary = np.zeros((len(points), 3), np.float32)
+    for i, q in enumerate(points):
+        cand = np.argsort(((centroids - q) ** 2).sum(1))[:candidates]
+        best = (np.inf, 0, None)
+        for f in cand:
+            b = _closest_on_triangle(q, *vertices[faces[f]])
+            d = ((b @ vertices[faces[f]] - q) ** 2).sum()
+            if d < best[0]:
+                best = (d, f, b)
+        face_index[i], bary[i] = best[1], best[2]
+    return face_index, bary
+
+
+def _closest_on_triangle(p, a, b, c):
+    """Barycentrics of the point of triangle abc closest to p (Ericson, Real-Time Collision Detection)."""
+    ab, ac, ap = b - a, c - a, p - a
+    d1, d2 = ab @ ap, ac @ ap
+    if d1 <= 0 and d2 <= 0:
+        return np.array([1.0, 0, 0])
+    bp = p - b
+    d3, d4 = ab @ bp, ac @ bp
+    if d3 >= 0 and d4 <= d3:
+        return np.array([0, 1.0, 0])
+    vc = d1 * d4 - d3 * d2
+    if vc <= 0 and d1 >= 0 and d3 <= 0:
+        v = d1 / (d1 - d3)
+        return np.array([1 - v, v, 0])
+    cp = p - c
+    d5, d6 = ab @ cp, ac @ cp
+    if d6 >= 0 and d5 <= d6:
+        return np.array([0, 0, 1.0])
+    vb = d5 * d2 - d1 * d6
+    if vb <= 0 and d2 >= 0 and d6 <= 0:
+        w = d2 / (d2 - d6)
+        return np.array([1 - w, 0, w])
+    va = d3 * d6 - d5 * d4
+    if va <= 0 and (d4 - d3) >= 0 and (d5 - d6) >= 0:
+        w = (d4 - d3) / ((d4 - d3) + (d5 - d6))
+        return np.array([0, 1 - w, w])
+    denom = 1.0 / (va + vb + vc)
+    v, w = vb * denom, vc * denom
+    return np.array([1 - v - w, v, w])
+
+
+def find_landmark_embedding(model: MorphableModel, size: int = 640, device="cpu",
+                            yaws=(-12.0, 0.0, 12.0)) -> LandmarkEmbedding:
+    """Detector-point -> surface embedding for ``model``; raises ModelFileError if it cannot.
+
+    Several slightly turned renders are detected independently; each detection is lifted to
+    3D and the per-point median is snapped back onto the surface, which averages out the
+    detector's per-image noise."""
+    from ..detect.landmarks import N_SURFACE_POINTS, LandmarkDetector
+
+    # the 468 surface points only: iris points move with gaze and would be pinned to the eyelids
+    n = N_SURFACE_POINTS
+
+    def detect_views(albedo):
+        lifted = []
+        with LandmarkDetector(video=False, max_faces=1, min_confidence=0.3) as det:
+            for yaw in yaws:
+                img, frags, cam = render_template(model, size, device, yaw_deg=yaw, albedo=albedo)
+                try:
+                    found = det.detect(img, source="the model's template render")
+                except NoFaceError:
+                    continue
+                lifted.append(_lift(model, img, frags, cam, found.points[:n, :2], size))
+        return lifted
+
+    lifted = detect_views(None)
+    if lifted and model.albedo_mean is None:
+        # an untextured template has no lips or brows for the detector to see: paint the
+        # built-in model's mean colours onto it through the first estimate, and look again
+        painted = _transfer_builtin_albedo(model, np.median(np.stack(lifted), 0))
+        if painted is not None:
+            lifted = detect_views(painted) or lifted
+    if not lifted:
+        raise ModelFileError(
+            f"Could not find facial landmarks on model '{model.name}': the detector saw no face on "
+            "renders of its template. FaceForge expects metres, y up and the face looking along +z; "
+            "check the model's axes, or give the landmark embedding in a FaceForge .npz.")
+    median = np.median(np.stack(lifted), 0)
+    face_index, bary = closest_surface_points(model.v_template.astype(np.float64), model.faces, median)
+    return LandmarkEmbedding(np.arange(n), face_index, bary, method=f"render-detect x{len(lifted)}")
+
+
+def _transfer_builtin_albedo(model: MorphableModel, landmarks_3d: np.ndarray):
+    """Per-vertex colours for ``model``: inverse-distance blend of the built-in model's mean
+    albedo at the 4 nearest estimated landmarks (built-in vertex i is detector point i)."""
+    from .builtin import load_builtin
+
+    try:
+        colours = load_builtin().albedo_mean[: len(landmarks_3d)]
+    except Exception:   # a missing built-in model only costs this refinement
+        return None
+    v = model.v_template.astype(np.float64)
+    d2 = ((v[:, None, :] - landmarks_3d[None]) ** 2).sum(-1)          # (V, L)
+    near = np.argsort(d2, 1)[:, :4]
+    w = 1.0 / (np.take_along_axis(d2, near, 1) + 1e-6)
+    out = (colours[near] * w[..., None]).sum(1) / w.sum(1, keepdims=True)
+    # far from the face (scalp, neck, back of the head) fade to plain skin
+    far = np.sqrt(d2.min(1))
+    fade = np.clip((far - 0.01) / 0.02, 0, 1)[:, None]
+    return (out * (1 - fade) + SKIN * fade).astype(np.float32)
 
 
 def embedding_points(model: MorphableModel, emb: LandmarkEmbedding, vertices=None) -> np.ndarray:
@@ -96,4 +193,7 @@ def correspondence_error_mm(model: MorphableModel, truth: LandmarkEmbedding, fou
     pt = embedding_points(model, truth)[[ti[d] for d in common]]
     pf = embedding_points(model, found)[[fi[d] for d in common]]
     d = np.linalg.norm(pt - pf, axis=1) * 1000
-    return {"mean": float(d.mean()), "median": float(np.median(d)), "max": float(d.max()), "n": int(len(d))}
+    from ..detect.landmarks import landmark_regions
+    inner = ~np.isin(common, landmark_regions()["face_oval"])
+    return {"mean": float(d.mean()), "median": float(np.median(d)), "max": float(d.max()), "n": int(len(d)),
+            "inner_mean": float(d[inner].mean()), "contour_mean": float(d[~inner].mean())}
