@@ -64,6 +64,7 @@ class PhotoFit:
     vertex_albedo: np.ndarray          # (V, 3) in [0, 1]
     landmarks_model_px: np.ndarray     # (L, 2) projected model landmarks
     landmarks_detected_px: np.ndarray  # (L, 2) the detections they were fitted to
+    landmark_detector_index: np.ndarray  # (L,) which detector point each landmark is
     landmark_error_px: float           # mean 2D distance
     landmark_error_rel: float          # the same, divided by the face size (bbox)
     photometric_error: Optional[float]  # mean L2 colour distance on the skin mask (0..sqrt(3))
@@ -291,6 +292,7 @@ class PhotoFitter:
             vertex_albedo=alb[0].cpu().numpy(),
             landmarks_model_px=lm_px,
             landmarks_detected_px=det_px,
+            landmark_detector_index=lm_idx,
             landmark_error_px=err,
             landmark_error_rel=err / face_size,
             photometric_error=photo_err,

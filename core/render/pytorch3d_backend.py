@@ -52,12 +52,13 @@ def rasterize(verts_cam, faces, focal, cx, cy, height: int, width: int, cull_bac
     drawable = drawable.reshape(B, F)
     # per-image face subsets so that pytorch3d skips exactly the faces our rasteriser skips
     kept_ids = [drawable[b].nonzero().squeeze(1) for b in range(B)]
-    meshes = Meshes(verts=list(verts_cam.unbind(0)), faces=[faces[ids] for ids in kept_ids])
+    verts32 = verts_cam.float()             # pytorch3d's rasteriser kernels are float32 only
+    meshes = Meshes(verts=list(verts32.unbind(0)), faces=[faces[ids] for ids in kept_ids])
     settings = RasterizationSettings(
         image_size=(H, W), blur_radius=0.0, faces_per_pixel=1, perspective_correct=True,
         cull_backfaces=False, bin_size=0 if verts_cam.device.type == "cpu" else None,
     )
-    rasterizer = MeshRasterizer(cameras=opencv_cameras(focal, cx, cy, H, W, B, verts_cam), raster_settings=settings)
+    rasterizer = MeshRasterizer(cameras=opencv_cameras(focal, cx, cy, H, W, B, verts32), raster_settings=settings)
     frags = rasterizer(meshes)
     packed_to_face = torch.cat(kept_ids + [torch.zeros(1, dtype=torch.long, device=faces.device)])  # never empty
     packed = frags.pix_to_face[..., 0]

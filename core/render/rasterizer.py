@@ -1,10 +1,11 @@
 """Hard z-buffer rasteriser and soft (SoftRas-style) silhouette in pure torch.
 
-Both avoid the pixels x faces product: each face enumerates only the pixels of its
-(clipped) bounding box, as flat (face, pixel) pairs built with repeat_interleave.
-Visibility is decided without autograd; barycentrics are then recomputed with autograd
-only for the winning face of each covered pixel, so gradients reach vertex positions and
-the camera (focal, principal point) through the projection.
+Both avoid the pixels x faces product: each face only visits the pixels of its (clipped)
+bounding box. The hard rasteriser enumerates flat (face, pixel) pairs with repeat_interleave,
+decides visibility without autograd (one scatter_reduce 'amin' z-buffer), then recomputes
+barycentrics with autograd only for the winning face of each covered pixel, so gradients reach
+vertex positions and the camera (focal, principal point) through the projection. The soft
+silhouette lays its pairs out as dense row grids with a hand-written backward (see below).
 
 Conventions: OpenCV camera space (x right, y down, z forward), pixel (i, j) centred at
 (u, v) = (j + 0.5, i + 0.5); verts (B, V, 3), faces (F, 3) shared by the batch.
@@ -15,15 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as nnf
 
 from .camera import project
 
 MIN_DEPTH = 1e-6          # faces with a vertex at z <= this are skipped (behind / on the camera plane)
 MIN_AREA_PX2 = 1e-10      # twice the screen area below which a face is degenerate
 BACKGROUND_DEPTH = 1e10   # finite so that depth * mask stays NaN-free
+EDGE_SLACK = 1e-6         # barycentric tolerance of the coverage test (watertight shared edges)
 _NO_FACE_KEY = torch.iinfo(torch.int64).max
-_PAIR_CHUNK = 1 << 19     # soft-silhouette pairs processed at once (bounds the memory of the gathers)
+_PAIR_CHUNK = 1 << 18     # soft-silhouette pairs processed at once (bounds temporary memory)
 
 
 @dataclass
@@ -96,11 +97,11 @@ def _enumerate_pairs(tri_uv, drawable, height, width, margin):
         return sel, empty, empty, empty
     owner = torch.repeat_interleave(torch.arange(sel.numel(), device=device), count, output_size=total)
     start = torch.cumsum(count, 0) - count
-    local = torch.arange(total, device=device) - start[owner]
-    ncol_p = ncol[sel][owner]
+    local = torch.arange(total, device=device) - start.index_select(0, owner)
+    ncol_p = ncol[sel].index_select(0, owner)
     r = torch.div(local, ncol_p, rounding_mode="floor")
-    py = row0[sel].long()[owner] + r
-    px = col0[sel].long()[owner] + (local - r * ncol_p)
+    py = row0[sel].long().index_select(0, owner) + r
+    px = col0[sel].long().index_select(0, owner) + (local - r * ncol_p)
     return sel, owner, py, px
 
 
@@ -130,12 +131,13 @@ def rasterize(verts_cam, faces, focal, cx, cy, height: int, width: int, cull_bac
             e2[:, 1] * inv_area, -e2[:, 0] * inv_area,
             -e1[:, 1] * inv_area, e1[:, 0] * inv_area,
             inv_z[:, 0], inv_z[:, 1] - inv_z[:, 0], inv_z[:, 2] - inv_z[:, 0],
-        ), 1)[owner]
+        ), 1).index_select(0, owner)
         dx = px.to(dtype) + (0.5 - coef[:, 0])
         dy = py.to(dtype) + (0.5 - coef[:, 1])
         w1 = coef[:, 2] * dx + coef[:, 3] * dy
         w2 = coef[:, 4] * dx + coef[:, 5] * dy
-        inside = (w1 >= 0) & (w2 >= 0) & (w1 + w2 <= 1)
+        # a little slack so that pixel centres on a shared edge are not lost to rounding on both sides
+        inside = (w1 >= -EDGE_SLACK) & (w2 >= -EDGE_SLACK) & (w1 + w2 <= 1.0 + EDGE_SLACK)
         inv_depth = coef[:, 6] + w1 * coef[:, 7] + w2 * coef[:, 8]
         hit = (inside & (inv_depth > 0)).nonzero().squeeze(1)
         tri = sel[owner[hit]]
@@ -221,8 +223,9 @@ def interpolate(attrs, faces, fragments: Fragments) -> torch.Tensor:
 #
 # Pairs are laid out as dense (rows, width) grids: every triangle contributes the rows of its
 # grown bounding box, rows of similar width are batched together (padded to a bucket width), and
-# along a row the signed distances are affine in the column offset j. So per pair there is no
-# gather at all: only broadcast arithmetic on per-row parameters (computed with autograd).
+# along a row the line distances and edge parameters are affine in the column offset j. So per
+# pair there is no gather, only broadcast arithmetic on per-row parameters, which derive from
+# per-triangle parameters (computed with autograd from the projected vertices).
 # --------------------------------------------------------------------------------------------
 
 def _bucket_width(width: torch.Tensor) -> torch.Tensor:
@@ -347,29 +350,29 @@ class _SoftCoverage(torch.autograd.Function):
             dtype, device = p.dtype, p.device
             j_long = torch.arange(w, device=device)
             j = j_long.to(dtype)
-            moments = torch.stack((torch.ones_like(j), j, j * j), 1)                   # (w, 3)
             pix = row_pix[r0:r1, None] + torch.minimum(j_long, row_ncol[r0:r1, None] - 1)
             g = grad_log.index_select(0, pix.reshape(-1)).reshape(sd.shape) * coef
             # inside: sd = s (line distance); outside: sd = -sqrt(s^2 + b^2), b = excess * length,
             # so d sd / d s = s / sd and d sd / d b = b / sd there
             g_in = g * (sd >= 0).to(dtype)
             g_out = (g - g_in) / sd.clamp_max(-1e-12)
-            weights = torch.empty(3, rows, w, device=device, dtype=dtype)
             grad_rows = torch.empty(rows, 3, 5, device=device, dtype=dtype)
+            j2 = j * j
             for k in range(3):
                 on_edge = (edge == k).to(dtype)
-                torch.mul(g_in, on_edge, out=weights[0])
-                torch.mul(g_out, on_edge, out=weights[1])
+                w_in = g_in * on_edge
+                w_out = g_out * on_edge
                 t = torch.addcmul(p[:, k, 2, None], p[:, k, 3, None], j)
                 excess = t - t.clamp(0.0, 1.0)
-                torch.mul(weights[1] * excess, p[:, k, 4, None], out=weights[2])       # d loss / d b
-                m = (weights.reshape(3 * rows, w) @ moments).reshape(3, rows, 3)      # sums of w * j^0, j^1, j^2
+                w_b = w_out * excess * p[:, k, 4, None]                                  # d loss / d b
+                out0, out1 = w_out.sum(1), (w_out * j).sum(1)
                 s0, slope, length = p[:, k, 0], p[:, k, 1], p[:, k, 4]
-                grad_rows[:, k, 0] = m[0, :, 0] + s0 * m[1, :, 0] + slope * m[1, :, 1]
-                grad_rows[:, k, 1] = m[0, :, 1] + s0 * m[1, :, 1] + slope * m[1, :, 2]
-                grad_rows[:, k, 2] = length * m[2, :, 0]
-                grad_rows[:, k, 3] = length * m[2, :, 1]
-                grad_rows[:, k, 4] = (weights[2] * excess).sum(1)
+                # s = s0 + slope * j, so sums of the weights times j^0, j^1, j^2 are all that is needed
+                grad_rows[:, k, 0] = w_in.sum(1) + s0 * out0 + slope * out1
+                grad_rows[:, k, 1] = (w_in * j).sum(1) + s0 * out1 + slope * (w_out * j2).sum(1)
+                grad_rows[:, k, 2] = length * w_b.sum(1)
+                grad_rows[:, k, 3] = length * (w_b * j).sum(1)
+                grad_rows[:, k, 4] = (w_b * excess).sum(1)
             # back through _row_parameters: s_row = s + r ds/dy, t_row = t + r dt/dy
             r = offset.to(dtype)[:, None]
             g_s, g_t = grad_rows[..., 0], grad_rows[..., 2]

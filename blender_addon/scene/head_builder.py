@@ -1,0 +1,411 @@
+"""Turn a core ``HeadRig`` (plain numpy arrays) into Blender data, in bulk and all-or-nothing.
+
+Coordinate conversion lives in ONE place (``to_blender`` / ``MODEL_TO_BLENDER``): model space
+is metres, y-up, +z out of the face; Blender's world is z-up with the face looking toward
+-Y (the front view), so blender = (x, -z, y).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import bpy
+import numpy as np
+from mathutils import Matrix, Quaternion
+
+from .rollback import SceneSnapshot
+
+# model (x, y, z) -> Blender (x, -z, y); a proper rotation (det +1)
+MODEL_TO_BLENDER = np.array([[1.0, 0.0, 0.0],
+                             [0.0, 0.0, -1.0],
+                             [0.0, 1.0, 0.0]])
+
+HEAD_PROP = "faceforge_head"
+RIG_PROP = "faceforge_rig"
+CAMERA_PROP = "faceforge_camera"
+
+SENSOR_WIDTH_MM = 36.0
+
+
+def to_blender(points: np.ndarray) -> np.ndarray:
+    """(..., 3) model-space points/vectors -> Blender world axes."""
+    p = np.asarray(points, dtype=np.float64)
+    return np.stack([p[..., 0], -p[..., 2], p[..., 1]], axis=-1)
+
+
+def rotation_to_blender(rot: np.ndarray) -> np.ndarray:
+    """A rotation expressed in model axes -> the same rotation in Blender axes."""
+    return MODEL_TO_BLENDER @ np.asarray(rot, dtype=np.float64) @ MODEL_TO_BLENDER.T
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    c = np.clip(np.asarray(c, dtype=np.float64), 0.0, 1.0)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _errors():
+    from ..engine import core
+    return core.errors
+
+
+# ----------------------------------------------------------------------------- checks
+def check_rig(rig) -> None:
+    """Validate array shapes before anything is created; raise a FaceForge TopologyError."""
+    err = _errors().TopologyError
+    v = np.asarray(rig.vertices)
+    f = np.asarray(rig.faces)
+    if v.ndim != 2 or v.shape[1] != 3 or len(v) < 3:
+        raise err(f"Head '{rig.name}': vertices must be (V, 3), got {v.shape}.")
+    if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
+        raise err(f"Head '{rig.name}': faces must be (F, 3) triangles, got {f.shape}.")
+    if f.min() < 0 or f.max() >= len(v):
+        raise err(f"Head '{rig.name}': face indices must lie in [0, {len(v)}), got [{f.min()}, {f.max()}].")
+    if not np.isfinite(v).all():
+        raise err(f"Head '{rig.name}': vertices contain NaN or infinite values.")
+    K = len(rig.shape_key_names)
+    d = np.asarray(rig.shape_key_deltas)
+    if K and d.shape != (K, len(v), 3):
+        raise err(f"Head '{rig.name}': {K} shape-key names but deltas of shape {d.shape} (want {(K, len(v), 3)}).")
+    if len(np.asarray(rig.shape_key_values)) != K:
+        raise err(f"Head '{rig.name}': {K} shape-key names but {len(rig.shape_key_values)} values.")
+    if len(set(rig.shape_key_names)) != K or "Basis" in rig.shape_key_names:
+        raise err(f"Head '{rig.name}': shape-key names must be unique and not 'Basis'.")
+    if rig.vertex_colors is not None and np.asarray(rig.vertex_colors).shape != (len(v), 3):
+        raise err(f"Head '{rig.name}': vertex colours must be (V, 3), got {np.asarray(rig.vertex_colors).shape}.")
+    if rig.uv is not None and np.asarray(rig.uv).shape != (len(v), 2):
+        raise err(f"Head '{rig.name}': UVs must be (V, 2), got {np.asarray(rig.uv).shape}.")
+    b = rig.bones
+    if b is not None:
+        J = len(b.names)
+        if J < 1 or np.asarray(b.parents).shape != (J,) or np.asarray(b.heads).shape != (J, 3):
+            raise err(f"Head '{rig.name}': {J} bone names but parents {np.shape(b.parents)} / heads {np.shape(b.heads)}.")
+        if any(not (0 <= int(b.parents[j]) < j) for j in range(1, J)) or int(b.parents[0]) != -1:
+            raise err(f"Head '{rig.name}': bone 0 must be the root and every parent must come before its child.")
+        if np.asarray(b.weights).shape != (len(v), J):
+            raise err(f"Head '{rig.name}': skin weights must be (V={len(v)}, J={J}), got {np.shape(b.weights)}.")
+        if b.pose is not None and np.asarray(b.pose).shape != (J - 1, 3):
+            raise err(f"Head '{rig.name}': bone pose must be (J-1={J - 1}, 3), got {np.shape(b.pose)}.")
+
+
+# ----------------------------------------------------------------------------- steps
+def _make_mesh(rig, name: str):
+    verts = np.ascontiguousarray(to_blender(rig.vertices), dtype=np.float32)
+    faces = np.ascontiguousarray(rig.faces, dtype=np.int32)
+    V, F = len(verts), len(faces)
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(V)
+    mesh.vertices.foreach_set("co", verts.ravel())
+    mesh.loops.add(3 * F)
+    mesh.loops.foreach_set("vertex_index", faces.ravel())
+    mesh.polygons.add(F)
+    mesh.polygons.foreach_set("loop_start", np.arange(0, 3 * F, 3, dtype=np.int32))
+    if not bpy.types.MeshPolygon.bl_rna.properties["loop_total"].is_readonly:  # Blender < 4.0
+        mesh.polygons.foreach_set("loop_total", np.full(F, 3, dtype=np.int32))
+    mesh.update(calc_edges=True)
+    if hasattr(mesh, "shade_smooth"):  # 4.1+
+        mesh.shade_smooth()
+    else:
+        mesh.polygons.foreach_set("use_smooth", np.ones(F, dtype=bool))
+    if rig.uv is not None:
+        uv_layer = mesh.uv_layers.new(name="UVMap")
+        uv = np.asarray(rig.uv, dtype=np.float32)[faces.ravel()]
+        uv_layer.data.foreach_set("uv", np.ascontiguousarray(uv).ravel())
+    if rig.vertex_colors is not None:
+        attr = mesh.color_attributes.new(name="albedo", type="FLOAT_COLOR", domain="POINT")
+        rgba = np.ones((V, 4), dtype=np.float32)
+        rgba[:, :3] = srgb_to_linear(rig.vertex_colors)  # FLOAT_COLOR stores scene-linear values
+        attr.data.foreach_set("color", rgba.ravel())
+        colors = mesh.color_attributes
+        if hasattr(colors, "active_color_name"):
+            colors.active_color_name = attr.name
+        elif hasattr(colors, "active_color"):
+            colors.active_color = attr
+        if hasattr(colors, "render_color_index"):
+            colors.render_color_index = list(colors).index(attr)
+    mesh.validate(clean_customdata=False)
+    return mesh
+
+
+def _add_shape_keys(obj, rig) -> None:
+    K = len(rig.shape_key_names)
+    if K == 0:
+        return
+    basis = np.asarray(rig.vertices, dtype=np.float64)
+    deltas = np.asarray(rig.shape_key_deltas, dtype=np.float64)
+    values = np.asarray(rig.shape_key_values, dtype=np.float64)
+    lo, hi = rig.slider_range()
+    lo, hi = max(float(lo), -10.0), min(float(hi), 10.0)  # Blender's hard slider limits
+    obj.shape_key_add(name="Basis", from_mix=False)
+    for k, name in enumerate(rig.shape_key_names):
+        key = obj.shape_key_add(name=str(name), from_mix=False)
+        co = np.ascontiguousarray(to_blender(basis + deltas[k]), dtype=np.float32)
+        key.data.foreach_set("co", co.ravel())
+        key.slider_min = lo
+        key.slider_max = hi
+        key.value = float(np.clip(values[k], lo, hi))
+    obj.data.shape_keys.use_relative = True
+    obj.active_shape_key_index = 0
+
+
+def _principled(nodes):
+    for n in nodes:
+        if n.type == "BSDF_PRINCIPLED":
+            return n
+    return nodes.new("ShaderNodeBsdfPrincipled")
+
+
+def _add_material(obj, rig, name: str):
+    mat = bpy.data.materials.new(name)
+    if mat.node_tree is None:  # 5.0 creates the node tree itself; use_nodes is deprecated there
+        mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = _principled(nodes)
+    if "Roughness" in bsdf.inputs:
+        bsdf.inputs["Roughness"].default_value = 0.6
+    texture = rig.texture_path if (rig.texture_path and rig.uv is not None
+                                   and os.path.isfile(rig.texture_path)) else None
+    if texture:
+        tex = nodes.new("ShaderNodeTexImage")
+        tex.image = bpy.data.images.load(texture, check_existing=True)
+        tex.location = (bsdf.location.x - 400, bsdf.location.y)
+        links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    elif rig.vertex_colors is not None:
+        col = nodes.new("ShaderNodeVertexColor")  # "Color Attribute" node
+        col.layer_name = "albedo"
+        col.location = (bsdf.location.x - 300, bsdf.location.y)
+        links.new(col.outputs["Color"], bsdf.inputs["Base Color"])
+    obj.data.materials.append(mat)
+    return mat
+
+
+def _camera_pose(cam) -> tuple:
+    """OpenCV extrinsics (model -> camera) -> Blender world (location, 3x3 rotation)."""
+    R = np.asarray(cam.rotation, dtype=np.float64)
+    t = np.asarray(cam.translation, dtype=np.float64).reshape(3)
+    centre = -R.T @ t
+    cam_to_model = R.T @ np.diag([1.0, -1.0, -1.0])  # Blender camera: x right, y up, looks down -z
+    return MODEL_TO_BLENDER @ centre, MODEL_TO_BLENDER @ cam_to_model
+
+
+def _add_camera(context, rig, name: str, collection):
+    spec = rig.camera
+    data = bpy.data.cameras.new(name)
+    data.sensor_fit = "AUTO"
+    data.sensor_width = SENSOR_WIDTH_MM
+    size = float(max(spec.width, spec.height))
+    data.lens = float(spec.focal_px) * SENSOR_WIDTH_MM / size
+    if spec.cx is not None:
+        data.shift_x = (spec.width / 2.0 - float(spec.cx)) / size
+    if spec.cy is not None:
+        data.shift_y = (float(spec.cy) - spec.height / 2.0) / size
+    data.clip_start = 0.01
+    data.clip_end = 100.0
+    obj = bpy.data.objects.new(name, data)
+    collection.objects.link(obj)
+    loc, rot = _camera_pose(spec)
+    m = Matrix(rot.tolist()).to_4x4()
+    m.translation = loc.tolist()
+    obj.matrix_world = m
+    obj[CAMERA_PROP] = 1
+    if spec.image_path and os.path.isfile(spec.image_path):
+        img = bpy.data.images.load(spec.image_path, check_existing=True)
+        bg = data.background_images.new()
+        bg.image = img
+        bg.alpha = 0.6
+        data.show_background_images = True
+    scene = context.scene
+    scene.render.resolution_x = int(spec.width)
+    scene.render.resolution_y = int(spec.height)
+    scene.camera = obj
+    return obj
+
+
+def _bone_tails(heads: np.ndarray, parents: np.ndarray, length: float) -> np.ndarray:
+    """Tail toward the only child if there is one, else a short offset along model +y (up)."""
+    J = len(heads)
+    tails = heads + np.array([0.0, length, 0.0])
+    for j in range(J):
+        children = [c for c in range(J) if parents[c] == j]
+        if len(children) == 1:
+            d = heads[children[0]] - heads[j]
+            if np.linalg.norm(d) > 0.25 * length:
+                tails[j] = heads[children[0]]
+    return tails
+
+
+def _edit_bones(context, arm_obj, fn) -> None:
+    """Run ``fn(edit_bones)`` in edit mode on ``arm_obj`` and always return to object mode."""
+    context.view_layer.objects.active = arm_obj
+    with context.temp_override(active_object=arm_obj, object=arm_obj,
+                               selected_objects=[arm_obj], selected_editable_objects=[arm_obj]):
+        bpy.ops.object.mode_set(mode="EDIT")
+        try:
+            fn(arm_obj.data.edit_bones)
+        finally:
+            bpy.ops.object.mode_set(mode="OBJECT")
+
+
+def _add_armature(context, mesh_obj, rig, name: str, collection):
+    spec = rig.bones
+    heads = np.asarray(spec.heads, dtype=np.float64)
+    parents = np.asarray(spec.parents, dtype=np.int64)
+    verts = np.asarray(rig.vertices, dtype=np.float64)
+    extent = float(np.linalg.norm(verts.max(0) - verts.min(0)))
+    length = max(0.01, 0.08 * extent)
+    tails = _bone_tails(heads, parents, length)
+    arm = bpy.data.armatures.new(name)
+    arm_obj = bpy.data.objects.new(name, arm)
+    collection.objects.link(arm_obj)
+    arm_obj[RIG_PROP] = 1
+    arm_obj.show_in_front = True
+    if hasattr(arm, "display_type"):
+        arm.display_type = "STICK"
+    hb, tb = to_blender(heads), to_blender(tails)
+
+    def build(edit_bones):
+        made = []
+        for j, bname in enumerate(spec.names):
+            eb = edit_bones.new(str(bname))
+            eb.head = hb[j].tolist()
+            eb.tail = tb[j].tolist()
+            eb.roll = 0.0
+            if parents[j] >= 0:
+                eb.parent = made[parents[j]]
+                eb.use_connect = False
+            made.append(eb)
+
+    _edit_bones(context, arm_obj, build)
+
+    # skin: vertex groups (one add() call per distinct weight value) + Armature modifier
+    W = np.asarray(spec.weights, dtype=np.float32)
+    for j, bname in enumerate(spec.names):
+        vg = mesh_obj.vertex_groups.new(name=str(bname))
+        idx = np.nonzero(W[:, j] > 1e-6)[0]
+        if len(idx) == 0:
+            continue
+        vals, inv = np.unique(W[idx, j], return_inverse=True)
+        order = np.argsort(inv, kind="stable")
+        bounds = np.cumsum(np.bincount(inv, minlength=len(vals)))[:-1]
+        for w, group in zip(vals, np.split(idx[order], bounds)):
+            vg.add(group.tolist(), float(w), "REPLACE")
+    mod = mesh_obj.modifiers.new(name="Armature", type="ARMATURE")
+    mod.object = arm_obj
+    mod.use_vertex_groups = True
+    mesh_obj.parent = arm_obj
+
+    # pose: axis-angle in model axes, relative to the parent -> quaternion in each bone's rest frame
+    if spec.pose is not None:
+        pose = np.asarray(spec.pose, dtype=np.float64)
+        for j in range(1, len(spec.names)):
+            aa = pose[j - 1]
+            theta = float(np.linalg.norm(aa))
+            if theta < 1e-9:
+                continue
+            axis_world = MODEL_TO_BLENDER @ (aa / theta)
+            pb = arm_obj.pose.bones[str(spec.names[j])]
+            rest = np.array(pb.bone.matrix_local.to_3x3())
+            axis_local = rest.T @ axis_world
+            pb.rotation_mode = "QUATERNION"
+            pb.rotation_quaternion = Quaternion(axis_local.tolist(), theta)
+    return arm_obj
+
+
+# ----------------------------------------------------------------------------- entry point
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        return o.item()
+    return str(o)
+
+
+def _target_collection(context, name: str):
+    coll = bpy.data.collections.get(name)
+    if coll is None or coll.library is not None:
+        coll = bpy.data.collections.new(name)
+    scene_root = context.scene.collection
+    if coll.name not in scene_root.children and not _nested_in(scene_root, coll):
+        scene_root.children.link(coll)
+    return coll
+
+
+def _nested_in(parent, coll) -> bool:
+    for child in parent.children:
+        if child == coll or _nested_in(child, coll):
+            return True
+    return False
+
+
+def build_head(context, rig, collection_name: str = "FaceForge") -> dict:
+    """Create the head mesh (+ shape keys, material, camera, armature) from ``rig``.
+
+    Returns ``{"collection", "mesh", "material", "camera", "armature"}`` (camera/armature may be
+    None). On any exception everything created so far is removed and the scene settings
+    (camera, resolution, selection) are restored before the exception propagates.
+    """
+    check_rig(rig)
+    if context.view_layer.objects.active is not None and context.view_layer.objects.active.mode != "OBJECT":
+        bpy.ops.object.mode_set(mode="OBJECT")
+    snap = SceneSnapshot(context)
+    try:
+        coll = _target_collection(context, collection_name)
+        name = rig.name or "FaceForgeHead"
+        mesh = _make_mesh(rig, name)
+        obj = bpy.data.objects.new(name, mesh)
+        coll.objects.link(obj)
+        obj[HEAD_PROP] = 1
+        obj["faceforge_model"] = str(rig.metadata.get("model", rig.name))
+        obj["faceforge_params"] = json.dumps(rig.metadata, default=_json_default)
+        _add_shape_keys(obj, rig)
+        mat = _add_material(obj, rig, f"{name}_skin")
+        cam = _add_camera(context, rig, f"{name}_camera", coll) if rig.camera is not None else None
+        arm = _add_armature(context, obj, rig, f"{name}_rig", coll) if rig.bones is not None else None
+        # finally: the new head is the (only) selection and the active object
+        view_layer = context.view_layer
+        for o in view_layer.objects:
+            if o.select_get():
+                o.select_set(False)
+        obj.select_set(True)
+        view_layer.objects.active = obj
+    except BaseException:
+        snap.rollback()
+        raise
+    return {"collection": coll, "mesh": obj, "material": mat, "camera": cam, "armature": arm}
+
+
+def find_head(context):
+    """The FaceForge head the user means: the active object (or its rig's head), else the first in the scene."""
+    def head_of(o):
+        if o is None:
+            return None
+        if o.get(HEAD_PROP):
+            return o
+        if o.get(RIG_PROP):
+            for c in o.children:
+                if c.get(HEAD_PROP):
+                    return c
+        if o.parent is not None and o.parent.get(RIG_PROP):
+            return head_of(o.parent)
+        return None
+
+    found = head_of(context.view_layer.objects.active)
+    if found is not None:
+        return found
+    for o in context.selected_objects if hasattr(context, "selected_objects") else []:
+        found = head_of(o)
+        if found is not None:
+            return found
+    for o in context.scene.objects:
+        if o.get(HEAD_PROP):
+            return o
+    return None
+
+
+def rig_of(head_obj):
+    """The armature object deforming ``head_obj`` (via its Armature modifier or parent), or None."""
+    for m in head_obj.modifiers:
+        if m.type == "ARMATURE" and m.object is not None:
+            return m.object
+    p = head_obj.parent
+    return p if (p is not None and p.type == "ARMATURE") else None

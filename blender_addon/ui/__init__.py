@@ -1,0 +1,5 @@
+"""Panels."""
+
+from . import panels
+
+CLASSES = panels.CLASSES
