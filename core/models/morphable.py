@@ -236,9 +236,13 @@ class MorphableLayer(torch.nn.Module):
         return self.skin(v, joint_pose)
 
     def skin(self, v_shaped: torch.Tensor, joint_pose: torch.Tensor) -> torch.Tensor:
+        joints = torch.einsum("jv,bvc->bjc", self.j_regressor, v_shaped)
+        return self.skin_with_joints(v_shaped, joints, joint_pose)
+
+    def skin_with_joints(self, v_shaped: torch.Tensor, joints: torch.Tensor, joint_pose: torch.Tensor) -> torch.Tensor:
+        """LBS of (B, V, 3) rest vertices given rest joint locations (B, J, 3) and poses (B, J-1, 3)."""
         B, V, _ = v_shaped.shape
         J = len(self.parents)
-        joints = torch.einsum("jv,bvc->bjc", self.j_regressor, v_shaped)
         rot = axis_angle_to_matrix(joint_pose)                              # (B, J-1, 3, 3)
         eye = torch.eye(3, device=v_shaped.device).expand(B, 1, 3, 3)
         rot = torch.cat([eye, rot], 1)                                      # root stays unrotated
@@ -264,6 +268,10 @@ class MorphableLayer(torch.nn.Module):
         T = torch.einsum("vj,bjik->bvik", self.lbs_weights, world)           # (B, V, 4, 4)
         return torch.einsum("bvik,bvk->bvi", T[:, :, :3, :3], v) + T[:, :, :3, 3]
 
+    def landmark_layer(self) -> "LandmarkLayer":
+        """A cheap evaluator of the landmarks alone (cost independent of the mesh size)."""
+        return LandmarkLayer(self)
+
     def albedo(self, coeffs: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-vertex albedo (B, V, 3) in [0, 1] from albedo coefficients (or the mean)."""
         if coeffs is None or self.albedo_basis is None:
@@ -276,4 +284,67 @@ class MorphableLayer(torch.nn.Module):
         if self.model.landmarks is None:
             raise ModelFileError(f"Model '{self.model.name}' has no landmark correspondences yet.")
         tri = verts[:, self.lm_faces]                                        # (B, L, 3, 3)
+        return (tri * self.lm_bary[None, :, :, None]).sum(2)
+
+
+class LandmarkLayer(torch.nn.Module):
+    """Evaluates only the landmark points of a MorphableLayer, exactly.
+
+    Tracking and landmark fitting never need the full mesh: the bases (and skinning weights,
+    pose correctives) are restricted to the vertices of the landmark triangles, and the joint
+    regressor is folded into the bases, so a 5k-vertex FLAME costs about what the 468-vertex
+    built-in model does, and thousands of frames can be evaluated in one batch."""
+
+    def __init__(self, full: MorphableLayer):
+        super().__init__()
+        if full.model.landmarks is None:
+            raise ModelFileError(f"Model '{full.model.name}' has no landmark correspondences yet.")
+        self.full = full
+        self.n_shape, self.n_expr = full.n_shape, full.n_expr
+        lm_faces = full.lm_faces                                              # (L, 3) vertex ids
+        ids, inverse = torch.unique(lm_faces.reshape(-1), return_inverse=True)
+        self.register_buffer("local_faces", inverse.reshape(-1, 3))
+        self.register_buffer("lm_bary", full.lm_bary)
+        V = full.model.n_vertices
+        S = len(ids)
+        rows = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).reshape(-1)   # (S*3,)
+        self.register_buffer("v_template", full.v_template[ids])
+        self.register_buffer("shape_basis", full.shape_basis[rows])
+        self.register_buffer("expr_basis", full.expr_basis[rows])
+        self.has_joints = full.model.joints is not None
+        if self.has_joints:
+            self.parents = full.parents
+            J = len(full.parents)
+            reg = full.j_regressor                                            # (J, V)
+            self.register_buffer("j_template", reg @ full.v_template)
+            self.register_buffer("j_shape", torch.einsum("jv,vck->jck", reg, full.shape_basis.reshape(V, 3, -1)).reshape(J * 3, -1))
+            self.register_buffer("j_expr", torch.einsum("jv,vck->jck", reg, full.expr_basis.reshape(V, 3, -1)).reshape(J * 3, -1))
+            self.register_buffer("lbs_weights", full.lbs_weights[ids])
+            if full.posedirs is not None:
+                self.register_buffer("posedirs", full.posedirs.reshape(-1, V, 3)[:, ids].reshape(-1, S * 3))
+            else:
+                self.posedirs = None
+
+    @property
+    def device(self):
+        return self.v_template.device
+
+    @property
+    def n_pose_joints(self) -> int:
+        return self.full.n_pose_joints
+
+    def forward(self, shape, expr=None, joint_pose=None):
+        """(B, L, 3) landmarks in model space; same inputs as MorphableLayer.forward."""
+        B = max(shape.shape[0], 1 if expr is None else expr.shape[0])
+        off = shape @ self.shape_basis.T
+        if expr is not None and self.n_expr > 0:
+            off = off + expr @ self.expr_basis.T
+        v = self.v_template[None] + off.expand(B, -1).reshape(B, -1, 3)
+        if self.has_joints and joint_pose is not None:
+            j_off = shape @ self.j_shape.T
+            if expr is not None and self.n_expr > 0:
+                j_off = j_off + expr @ self.j_expr.T
+            joints = self.j_template[None] + j_off.expand(B, -1).reshape(B, -1, 3)
+            v = MorphableLayer.skin_with_joints(self, v, joints, joint_pose)
+        tri = v[:, self.local_faces]                                          # (B, L, 3, 3)
         return (tri * self.lm_bary[None, :, :, None]).sum(2)

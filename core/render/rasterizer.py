@@ -316,6 +316,7 @@ class _SoftCoverage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tri_params, row_owner, row_offset, row_pix, row_ncol, groups, n_pixels, sigma, cutoff):
         dtype, device = tri_params.dtype, tri_params.device
+        keep_for_backward = ctx.needs_input_grad[0]
         log_empty = torch.zeros(n_pixels, device=device, dtype=dtype)
         sds, coefs, edges = [], [], []
         for r0, r1, w in _row_chunks(groups):
@@ -329,9 +330,10 @@ class _SoftCoverage(torch.autograd.Function):
             log_term = torch.log(empty.clamp_min(1e-30)) * use
             pix = row_pix[r0:r1, None] + torch.minimum(j_long, ncol - 1)
             log_empty.index_add_(0, pix.reshape(-1), log_term.reshape(-1))
-            sds.append(sd)
-            coefs.append((empty - 1.0) * use * (1.0 / sigma))            # d log(1 - p) / d sd
-            edges.append(edge)
+            if keep_for_backward:
+                sds.append(sd)
+                coefs.append((empty - 1.0) * use * (1.0 / sigma))        # d log(1 - p) / d sd
+                edges.append(edge)
         ctx.save_for_backward(tri_params, row_owner, row_offset, row_pix, row_ncol, *sds, *coefs, *edges)
         ctx.groups = groups
         return log_empty
