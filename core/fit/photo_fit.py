@@ -23,9 +23,9 @@ from ..detect.landmarks import FaceLandmarks, landmark_regions
 from ..geometry import vertex_neighbours
 from ..jobs import ensure_progress
 from ..models.morphable import MorphableLayer, axis_angle_to_matrix
-from ..render import render
 from ..render.camera import project
 from . import losses
+from .photometric import PhotometricTarget
 
 
 @dataclass
@@ -99,20 +99,6 @@ def initial_pose(layer: MorphableLayer, lm2d: np.ndarray, focal: float, cx: floa
         size = np.ptp(obj[:, 0])
         tvec = np.array([[0.0], [0.0], [focal * size / max(np.ptp(lm2d[:, 0]), 1.0)]])
     return rvec[:, 0].astype(np.float32), tvec[:, 0].astype(np.float32)
-
-
-def face_mask(landmarks_px: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Skin region from the detections: the face hull minus eyes and the inner mouth."""
-    import cv2
-
-    regions = landmark_regions()
-    mask = np.zeros((height, width), np.uint8)
-    pts = landmarks_px[:468, :2]
-    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
-    for key in ("left_eye", "right_eye", "inner_lips", "left_eyebrow", "right_eyebrow"):
-        hull = cv2.convexHull(np.round(pts[regions[key]]).astype(np.int32))
-        cv2.fillConvexPoly(mask, hull, 0)
-    return mask.astype(np.float32)
 
 
 class PhotoFitter:
@@ -224,10 +210,8 @@ class PhotoFitter:
         sh.requires_grad_(True)
         photo_err = None
         if cfg.photo_steps > 0:
-            crop = _face_crop(detection, H, W, cfg.photo_size)
-            img_t = torch.as_tensor(crop.apply(image_rgb), dtype=torch.float32, device=dev)[None] / 255.0
-            skin = torch.as_tensor(crop.apply_mask(face_mask(detection.points, H, W)), device=dev)[None]
-            mean_colour = (img_t * skin[..., None]).sum((1, 2)) / skin.sum().clamp_min(1)
+            photo_target = PhotometricTarget(image_rgb, detection.points, detection.bbox, cfg.photo_size, dev)
+            mean_colour = photo_target.mean_colour()
             with torch.no_grad():   # start the albedo's brightness from the photo
                 base = layer.albedo(None).mean((0, 1))
                 sh[:, 0] = sh[:, 0] * (mean_colour[0] / base.clamp_min(1e-3))
@@ -236,18 +220,13 @@ class PhotoFitter:
                 {"params": [p["shape"], p["expr"], p["rot"], p["trans"]]
                  + ([p["joint_pose"]] if "joint_pose" in p else []), "lr": cfg.geometry_lr_photo},
             ])
-            S = cfg.photo_size
             n2 = cfg.photo_steps
             for it in range(n2):
                 opt2.zero_grad(set_to_none=True)
                 verts, cam, focal = geometry()
                 data, _ = landmark_terms(cam, focal)
                 alb = (layer.albedo(albedo_coeffs if layer.n_albedo else None) + albedo_res).clamp(0, 1)
-                out = render(cam, layer.faces, alb, sh, focal * crop.scale, (cx - crop.x0) * crop.scale,
-                             (cy - crop.y0) * crop.scale, S, S)
-                m = skin * out.mask.float()
-                photo = losses.photometric_loss(out.image, img_t, m)
-                grad = losses.gradient_loss(out.image, img_t, m)
+                photo, grad = photo_target.losses(cam, layer.faces, alb, sh, focal, cx, cy)
                 reg_alb = cfg.albedo_prior * (albedo_coeffs ** 2).sum() \
                     + cfg.albedo_residual_prior * (albedo_res ** 2).sum(-1).mean() * V \
                     + cfg.albedo_smoothness * losses.laplacian_smoothness(albedo_res, self._nb, self._nbm) * V
@@ -300,29 +279,3 @@ class PhotoFitter:
             timings={"landmarks_s": t1 - t0, "photometric_s": t2 - t1, "total_s": time.perf_counter() - t0},
             warnings=list(detection.warnings),
         )
-
-
-@dataclass
-class _Crop:
-    x0: float
-    y0: float
-    scale: float
-    size: int
-
-    def apply(self, image):
-        import cv2
-        M = np.array([[self.scale, 0, -self.x0 * self.scale], [0, self.scale, -self.y0 * self.scale]], np.float32)
-        return cv2.warpAffine(image, M, (self.size, self.size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-
-    def apply_mask(self, mask):
-        import cv2
-        M = np.array([[self.scale, 0, -self.x0 * self.scale], [0, self.scale, -self.y0 * self.scale]], np.float32)
-        out = cv2.warpAffine(mask, M, (self.size, self.size), flags=cv2.INTER_LINEAR, borderValue=0)
-        return (out > 0.5).astype(np.float32)
-
-
-def _face_crop(det: FaceLandmarks, H, W, size) -> _Crop:
-    x0, y0, x1, y1 = det.bbox
-    c = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
-    side = 1.25 * max(x1 - x0, y1 - y0)
-    return _Crop(float(c[0] - side / 2), float(c[1] - side / 2), size / side, size)

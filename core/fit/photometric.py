@@ -1,0 +1,59 @@
+"""The photometric term shared by the photo fit and the tracker's refinement: a square face
+crop of the photo, its skin mask, and the colour + structure losses of a render against it.
+Rendering a crop (not the whole photo) keeps the cost independent of the photo's resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..detect.landmarks import landmark_regions
+from ..render import render
+from . import losses
+
+
+def face_mask(landmarks_px: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Skin region from the detections: the face hull minus eyes, brows and the inner mouth."""
+    import cv2
+
+    regions = landmark_regions()
+    mask = np.zeros((height, width), np.uint8)
+    pts = landmarks_px[:468, :2]
+    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
+    for key in ("left_eye", "right_eye", "inner_lips", "left_eyebrow", "right_eyebrow"):
+        hull = cv2.convexHull(np.round(pts[regions[key]]).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 0)
+    return mask.astype(np.float32)
+
+
+class PhotometricTarget:
+    """A photo's face crop as a differentiable rendering target."""
+
+    def __init__(self, image_rgb: np.ndarray, landmarks_px: np.ndarray, bbox, size: int, device):
+        import cv2
+
+        H, W = image_rgb.shape[:2]
+        x0, y0, x1, y1 = bbox
+        side = 1.25 * max(x1 - x0, y1 - y0)
+        self.x0 = float((x0 + x1) / 2 - side / 2)
+        self.y0 = float((y0 + y1) / 2 - side / 2)
+        self.scale = size / side
+        self.size = size
+        M = np.array([[self.scale, 0, -self.x0 * self.scale], [0, self.scale, -self.y0 * self.scale]], np.float32)
+        crop = cv2.warpAffine(image_rgb, M, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+        mask = cv2.warpAffine(face_mask(landmarks_px, H, W), M, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+        self.image = torch.as_tensor(crop, dtype=torch.float32, device=device)[None] / 255.0
+        self.skin = torch.as_tensor((mask > 0.5).astype(np.float32), device=device)[None]
+
+    def mean_colour(self) -> torch.Tensor:
+        return (self.image * self.skin[..., None]).sum((1, 2)) / self.skin.sum().clamp_min(1)
+
+    def render(self, cam, faces, albedo, sh, focal, cx, cy):
+        s = self.scale
+        return render(cam, faces, albedo, sh, focal * s, (cx - self.x0) * s, (cy - self.y0) * s, self.size, self.size)
+
+    def losses(self, cam, faces, albedo, sh, focal, cx, cy):
+        """(robust colour loss, gradient structure loss) on the skin pixels the mesh covers."""
+        out = self.render(cam, faces, albedo, sh, focal, cx, cy)
+        m = self.skin * out.mask.float()
+        return losses.photometric_loss(out.image, self.image, m), losses.gradient_loss(out.image, self.image, m)
