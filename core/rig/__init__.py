@@ -1,3 +1,3 @@
-from .head_rig import BoneSpec, CameraSpec, HeadRig
+from .head_rig import BoneSpec, CameraSpec, HeadAnimation, HeadRig
 
-__all__ = ["BoneSpec", "CameraSpec", "HeadRig"]
+__all__ = ["BoneSpec", "CameraSpec", "HeadAnimation", "HeadRig"]

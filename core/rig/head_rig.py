@@ -38,6 +38,38 @@ class BoneSpec:
 
 
 @dataclass
+class HeadAnimation:
+    """Per-frame motion of a HeadRig (a tracked video).
+
+    The camera stays where ``HeadRig.camera`` puts it (the clip's reference frame); the head
+    moves instead: frame t's vertices in model space are
+        root_rotation[t] @ skinned(t) + root_translation[t]
+    where ``skinned(t)`` is the mesh with ``shape_key_values[t]`` and ``joint_pose[t]``.
+    The root bone carries that rigid motion; the other bones carry ``joint_pose``.
+    """
+    fps: float
+    frame_start: int                # the clip frame of the first animation frame
+    shape_key_values: np.ndarray    # (T, K)
+    root_rotation: np.ndarray       # (T, 3, 3) model space
+    root_translation: np.ndarray    # (T, 3)
+    joint_pose: Optional[np.ndarray] = None  # (T, J-1, 3) axis-angle of the non-root joints
+    valid: Optional[np.ndarray] = None       # (T,) a face was seen (others are interpolated)
+    video_path: Optional[str] = None
+
+    @property
+    def n_frames(self) -> int:
+        return int(len(self.shape_key_values))
+
+    def root_matrices(self) -> np.ndarray:
+        """(T, 4, 4) rigid transforms of the head in model space."""
+        T = self.n_frames
+        M = np.tile(np.eye(4, dtype=np.float64), (T, 1, 1))
+        M[:, :3, :3] = self.root_rotation
+        M[:, :3, 3] = self.root_translation
+        return M
+
+
+@dataclass
 class HeadRig:
     name: str
     vertices: np.ndarray            # (V, 3) neutral identity (the mesh's basis shape)
@@ -50,6 +82,7 @@ class HeadRig:
     texture_path: Optional[str] = None
     bones: Optional[BoneSpec] = None
     camera: Optional[CameraSpec] = None
+    animation: Optional[HeadAnimation] = None
     metadata: dict = field(default_factory=dict)
 
     def slider_range(self) -> tuple:
