@@ -16,18 +16,17 @@ Only the landmark points are evaluated (LandmarkLayer), so the cost barely depen
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..detect.landmarks import N_POINTS, LandmarkDetector, landmark_regions
+from ..detect.landmarks import N_POINTS, LandmarkDetector
 from ..device import resolve_device
 from ..errors import NoFaceError
-from ..fit.losses import depth_loss, landmark_loss
-from ..fit.photo_fit import FitConfig, landmark_weights
+from ..fit.batch_fit import BatchLandmarkFitter, BatchPriors
 from ..jobs import ensure_progress
 from ..models import load_model
 from ..models.morphable import axis_angle_to_matrix
@@ -43,17 +42,11 @@ class TrackConfig:
     chunk: int = 120                   # frames optimised together
     lbfgs_iters: int = 150             # per chunk (60 leaves ~1 px of unconverged error)
     identity_iters: int = 120
-    velocity_weight: float = 2.0       # temporal priors (in units of the per-frame coefficient prior)
-    acceleration_weight: float = 20.0
     smooth_min_cutoff: float = 2.0     # One-Euro: Hz at rest; 0 disables the post-filter
     smooth_beta: float = 0.5
     max_gap: int = 12                  # frames without a face that are interpolated
     initial_fov_deg: float = 30.0
-    landmark_sigma: float = 0.012
-    depth_weight: float = 0.05
-    expr_prior: float = 1.0
-    shape_prior: float = 1.0
-    joint_prior: float = 4.0
+    priors: BatchPriors = field(default_factory=BatchPriors)   # landmark noise, coefficient and temporal priors
 
 
 def detect_sequence(source, start: int, end: int, progress, fraction=(0.0, 0.4)):
@@ -74,136 +67,6 @@ def detect_sequence(source, start: int, end: int, progress, fraction=(0.0, 0.4))
             if k % 5 == 0:
                 progress.update("detecting landmarks", fraction[0] + (fraction[1] - fraction[0]) * k / T)
     return pts, sizes, multi
-
-
-class SequenceFitter:
-    """Batched landmark fitting of many frames with a shared identity."""
-
-    def __init__(self, model, device, cfg: TrackConfig, image_size):
-        self.model, self.device, self.cfg = model, device, cfg
-        self.layer = model.layer(device)
-        self.lm = self.layer.landmark_layer()
-        self.det_index = self.layer.lm_detector_index.cpu().numpy()
-        fc = FitConfig()
-        self.weights = torch.as_tensor(landmark_weights(self.det_index, fc), device=device)
-        H, W = image_size
-        self.cx, self.cy = W / 2.0, H / 2.0
-        self.f0 = 0.5 * max(H, W) / np.tan(np.radians(cfg.initial_fov_deg) / 2)
-        self.lm_scale = 0.5 * float(self.weights.sum()) / cfg.landmark_sigma ** 2
-
-    def pnp(self, shape: np.ndarray, targets: np.ndarray, focal: float, valid: np.ndarray):
-        """Per-frame rigid pose, each frame starting from the previous frame's solution."""
-        import cv2
-
-        with torch.no_grad():
-            obj = self.lm(torch.as_tensor(shape[None], device=self.device))[0].cpu().numpy().astype(np.float64)
-        K = np.array([[focal, 0, self.cx], [0, focal, self.cy], [0, 0, 1]], np.float64)
-        T = len(targets)
-        rvecs, tvecs = np.zeros((T, 3)), np.zeros((T, 3))
-        prev = None
-        for t in range(T):
-            if not valid[t]:
-                continue
-            img = targets[t, :, :2].astype(np.float64)
-            if prev is None:
-                ok, r, tr = cv2.solvePnP(obj, img, K, None, flags=cv2.SOLVEPNP_EPNP)
-                ok, r, tr = cv2.solvePnP(obj, img, K, None, r, tr, True, flags=cv2.SOLVEPNP_ITERATIVE)
-            else:
-                ok, r, tr = cv2.solvePnP(obj, img, K, None, prev[0].copy(), prev[1].copy(), True,
-                                         flags=cv2.SOLVEPNP_ITERATIVE)
-            if not ok or tr[2, 0] <= 0:
-                r, tr = (prev if prev is not None else (np.array([[np.pi], [0.0], [0.0]]), np.array([[0.0], [0.0], [0.5]])))
-            rvecs[t], tvecs[t] = r[:, 0], tr[:, 0]
-            prev = (r, tr)
-        return rvecs, tvecs
-
-    def fit(self, targets, sizes, valid, shape, log_focal, R_ref, t_ref, rot0, trans0, expr0, joint0,
-            fit_identity: bool, iters: int, temporal: bool, anchor=None, progress=None, stage=""):
-        """L-BFGS over a batch of frames. Per-frame tensors are (T, ...); returns optimised copies."""
-        cfg, dev = self.cfg, self.device
-        T = len(targets)
-        tgt = torch.as_tensor(np.nan_to_num(targets), dtype=torch.float32, device=dev)
-        size = torch.as_tensor(np.maximum(sizes, 1.0), dtype=torch.float32, device=dev)
-        vmask = torch.as_tensor(valid, dtype=torch.float32, device=dev)
-        dist0 = float(t_ref[2])
-        Rr = torch.as_tensor(R_ref, dtype=torch.float32, device=dev)
-        tr = torch.as_tensor(t_ref, dtype=torch.float32, device=dev)
-        p = {
-            "rot": torch.tensor(rot0, dtype=torch.float32, device=dev, requires_grad=True),
-            "trans": torch.tensor(trans0, dtype=torch.float32, device=dev, requires_grad=True),
-            "expr": torch.tensor(expr0, dtype=torch.float32, device=dev, requires_grad=True),
-        }
-        shape_t = torch.tensor(shape[None], dtype=torch.float32, device=dev, requires_grad=fit_identity)
-        logf = torch.tensor([log_focal], dtype=torch.float32, device=dev, requires_grad=fit_identity)
-        joints = self.lm.n_pose_joints > 0
-        if joints:
-            p["joint"] = torch.tensor(joint0, dtype=torch.float32, device=dev, requires_grad=True)
-        params = list(p.values()) + ([shape_t, logf] if fit_identity else [])
-        w = self.weights
-        anchor_t = None if anchor is None else {k: torch.as_tensor(v, dtype=torch.float32, device=dev)[None]
-                                                 for k, v in anchor.items()}
-
-        def temporal_terms():
-            total = 0.0
-            for k, scale in (("expr", 1.0), ("rot", 30.0), ("trans", 30.0), ("joint", 10.0)):
-                if k not in p:
-                    continue
-                x = p[k].reshape(T, -1)
-                if anchor_t is not None and k in anchor_t:
-                    x = torch.cat([anchor_t[k].reshape(1, -1), x])
-                if len(x) < 2:
-                    continue
-                v = x[1:] - x[:-1]
-                total = total + cfg.velocity_weight * scale ** 2 * (v ** 2).sum()
-                if len(x) >= 3:
-                    a = x[2:] - 2 * x[1:-1] + x[:-2]
-                    total = total + cfg.acceleration_weight * scale ** 2 * (a ** 2).sum()
-            return total
-
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-9, tolerance_change=1e-12)
-        evals = [0]
-
-        def closure():
-            opt.zero_grad(set_to_none=True)
-            lm = self.lm(shape_t, p["expr"], p.get("joint"))                        # (T, L, 3)
-            R = axis_angle_to_matrix(p["rot"]) @ Rr
-            cam = lm @ R.transpose(1, 2) + (tr + dist0 * p["trans"])[:, None]
-            focal = self.f0 * torch.exp(logf)
-            px = project(cam, focal, self.cx, self.cy)
-            r = (px - tgt[..., :2]) / size[:, None, None]
-            data = ((w * (r * r).sum(-1)).sum(-1) * vmask).sum() / w.sum()
-            z = cam[..., 2]
-            zm = z.mean(-1, keepdim=True)
-            dz = (focal * (z - zm) / zm - (tgt[..., 2] - tgt[..., 2].mean(-1, keepdim=True))) / size[:, None]
-            depth = ((w * dz * dz).sum(-1) * vmask).sum() / w.sum()
-            loss = self.lm_scale * (data + cfg.depth_weight * depth)
-            loss = loss + 0.5 * cfg.expr_prior * (p["expr"] ** 2).sum()
-            if joints:
-                loss = loss + 0.5 * cfg.joint_prior * 100 * (p["joint"] ** 2).sum()
-            if fit_identity:
-                loss = loss + 0.5 * cfg.shape_prior * (shape_t ** 2).sum() + 50 * (logf ** 2).sum()
-            if temporal:
-                loss = loss + temporal_terms()
-            loss.backward()
-            evals[0] += 1
-            if progress is not None and evals[0] % 10 == 0:
-                progress.update(stage, min(evals[0] / (iters * 1.25), 1.0))
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            out = {k: v.detach().cpu().numpy() for k, v in p.items()}
-            out["shape"] = shape_t.detach()[0].cpu().numpy()
-            out["log_focal"] = float(logf.detach())
-            lm = self.lm(shape_t, p["expr"], p.get("joint"))
-            R = axis_angle_to_matrix(p["rot"]) @ Rr
-            cam = lm @ R.transpose(1, 2) + (tr + dist0 * p["trans"])[:, None]
-            px = project(cam, self.f0 * torch.exp(logf), self.cx, self.cy)
-            out["reproj_px"] = torch.linalg.norm(px - tgt[..., :2], dim=-1).mean(-1).cpu().numpy()
-            out["R"] = R.cpu().numpy()
-            out["t"] = (tr + dist0 * p["trans"]).cpu().numpy()
-        return out
 
 
 def _log_rotation(R: np.ndarray) -> np.ndarray:
@@ -238,21 +101,23 @@ def track_video(video, model="builtin", device="auto", progress=None, config: Op
         warnings.append(f"Several faces were seen in {multi} frames; the largest was tracked.")
     t_detect = time.perf_counter()
 
-    sf = SequenceFitter(mm, dev, cfg, (src.height, src.width))
-    targets = pts[:, sf.det_index]
-    zero_shape = np.zeros(sf.lm.n_shape, np.float32)
-    nj = sf.lm.n_pose_joints
+    fitter = BatchLandmarkFitter(mm, dev, cfg.priors)
+    targets = pts[:, fitter.det_index]
+    zero_shape = np.zeros(fitter.lm.n_shape, np.float32)
+    nj = fitter.n_pose_joints
+    cx, cy = src.width / 2.0, src.height / 2.0
+    f0 = 0.5 * max(src.height, src.width) / np.tan(np.radians(cfg.initial_fov_deg) / 2)
 
     # -- identity on a few good frames ---------------------------------------------------------
     progress.update("fitting identity", 0.46)
-    rvec0, tvec0 = sf.pnp(zero_shape, targets, sf.f0, valid)
+    rvec0, tvec0 = fitter.pnp(zero_shape, targets, f0, cx, cy, valid)
     idx_valid = np.flatnonzero(valid)
     frontal = np.array([abs(_yaw_pitch(rvec0[i])) for i in idx_valid])
     # spread over the clip, preferring near-frontal frames within each stretch
     picks = [int(part[np.argmin(frontal[np.searchsorted(idx_valid, part)])])
              for part in np.array_split(idx_valid, min(cfg.identity_frames, len(idx_valid)))]
     ref = picks[0]
-    R_ref = axis_angle_to_matrix(torch.tensor(rvec0[ref][None], dtype=torch.float32))[0].numpy()
+    R_ref = _rodrigues(rvec0[ref]).astype(np.float32)
     t_ref = tvec0[ref].astype(np.float32)
 
     def deltas(ids, rv, tv):
@@ -261,44 +126,43 @@ def track_video(video, model="builtin", device="auto", progress=None, config: Op
         return rot, trans
 
     rot0, trans0 = deltas(picks, rvec0, tvec0)
-    ident = sf.fit(targets[picks], sizes[picks], np.ones(len(picks), bool), zero_shape, 0.0, R_ref, t_ref,
-                   rot0, trans0, np.zeros((len(picks), sf.lm.n_expr), np.float32),
-                   np.zeros((len(picks), nj, 3), np.float32), fit_identity=True, iters=cfg.identity_iters,
-                   temporal=False, progress=progress.sub(0.46, 0.52), stage="fitting identity")
-    shape, log_focal = ident["shape"], ident["log_focal"]
-    focal = sf.f0 * float(np.exp(log_focal))
+    n = len(picks)
+    ident = fitter.fit(targets[picks], sizes[picks], np.ones(n, bool), cx, cy, f0, R_ref, t_ref, zero_shape,
+                       rot0, trans0, np.zeros((n, fitter.lm.n_expr), np.float32), fit_identity=True,
+                       focal_mode="shared", iters=cfg.identity_iters, progress=progress.sub(0.46, 0.52),
+                       stage="fitting identity")
+    shape, log_focal = ident.shape, float(ident.log_focal[0])
+    focal = float(ident.focal[0])
     t_ident = time.perf_counter()
 
     # -- every frame, chunk by chunk ------------------------------------------------------------
-    rvec, tvec = sf.pnp(shape, targets, focal, valid)
+    rvec, tvec = fitter.pnp(shape, targets, focal, cx, cy, valid, warm_start=True)
     rot_all, trans_all = deltas(range(T), rvec, tvec)
     # frames without a face start from their neighbours (filled below as well)
     rot_all, _ = fill_gaps(rot_all, valid, T)
     trans_all, _ = fill_gaps(trans_all, valid, T)
-    expr_all = np.zeros((T, sf.lm.n_expr), np.float32)
+    expr_all = np.zeros((T, fitter.lm.n_expr), np.float32)
     joint_all = np.zeros((T, nj, 3), np.float32)
     reproj = np.zeros(T, np.float32)
-    R_all = np.zeros((T, 3, 3), np.float32)
-    t_all = np.zeros((T, 3), np.float32)
-    last_expr = ident["expr"].mean(0)
+    last_expr = ident.expr.mean(0)
     anchor = None
     chunks = list(range(0, T, cfg.chunk))
     for ci, s in enumerate(chunks):
         e = min(T, s + cfg.chunk)
         n = e - s
         sub = progress.sub(0.52 + 0.43 * ci / len(chunks), 0.52 + 0.43 * (ci + 1) / len(chunks))
-        out = sf.fit(targets[s:e], sizes[s:e], valid[s:e], shape, log_focal, R_ref, t_ref,
-                     rot_all[s:e], trans_all[s:e], np.tile(last_expr, (n, 1)), np.zeros((n, nj, 3), np.float32),
-                     fit_identity=False, iters=cfg.lbfgs_iters, temporal=True, anchor=anchor,
-                     progress=sub, stage=f"tracking frames {start + s}-{start + e - 1}")
-        rot_all[s:e], trans_all[s:e], expr_all[s:e] = out["rot"], out["trans"], out["expr"]
+        out = fitter.fit(targets[s:e], sizes[s:e], valid[s:e], cx, cy, f0, R_ref, t_ref, shape,
+                         rot_all[s:e], trans_all[s:e], np.tile(last_expr, (n, 1)), log_focal0=log_focal,
+                         focal_mode="fixed", temporal=True, anchor=anchor, iters=cfg.lbfgs_iters,
+                         progress=sub, stage=f"tracking frames {start + s}-{start + e - 1}")
+        rot_all[s:e], trans_all[s:e], expr_all[s:e] = out.rot, out.trans, out.expr
         if nj:
-            joint_all[s:e] = out["joint"]
-        reproj[s:e] = out["reproj_px"]
-        last_expr = out["expr"][-1]
-        anchor = {"rot": out["rot"][-1], "trans": out["trans"][-1], "expr": out["expr"][-1]}
+            joint_all[s:e] = out.joint
+        reproj[s:e] = out.reproj_px
+        last_expr = out.expr[-1]
+        anchor = {"rot": out.rot[-1], "trans": out.trans[-1], "expr": out.expr[-1]}
         if nj:
-            anchor["joint"] = out["joint"][-1]
+            anchor["joint"] = out.joint[-1]
     t_fit = time.perf_counter()
 
     # -- gaps and smoothing ---------------------------------------------------------------------
@@ -331,7 +195,7 @@ def track_video(video, model="builtin", device="auto", progress=None, config: Op
         frame_start=start, image_size=(src.height, src.width), model_name=mm.name, model_source=mm.source,
         model_fingerprint=model_fingerprint(mm), shape=shape.astype(np.float32), expr=expr_all.astype(np.float32),
         joint_pose=joint_all.astype(np.float32), rotation=R_all.astype(np.float32),
-        translation=t_all.astype(np.float32), focal=float(focal), cx=sf.cx, cy=sf.cy, valid=valid,
+        translation=t_all.astype(np.float32), focal=float(focal), cx=cx, cy=cy, valid=valid,
         confidence=confidence, landmarks=landmarks2d.astype(np.float32), warnings=warnings,
         timings={"detect_s": t_detect - t_start, "identity_s": t_ident - t_detect, "track_s": t_fit - t_ident,
                  "total_s": t_end - t_start, "frames": T,
