@@ -112,7 +112,7 @@ def collect(data: Path, max_video_frames: int):
                 found = detect_tiled(det, img)
             for k, pts in enumerate(found):
                 subjects.append(dict(kind="photo", name=f"{name}#{k}", shapes=[to_model_axes(pts)],
-                                     colours=[sample_colours(img, pts)]))
+                                     colours=[sample_colours(img, pts)], first_image=img, first_points=pts))
     videos = ["single_face.mp4", "WolfgangLanger_Pexels.mp4", "face_noface.mov", "noface_face.mov"]
     for name in videos:
         cap = cv2.VideoCapture(str(data / name))
@@ -125,12 +125,46 @@ def collect(data: Path, max_video_frames: int):
                 rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 found = det.detect_all(rgb)
                 if found:
+                    if not shapes:
+                        first = (rgb, found[0])
                     shapes.append(to_model_axes(found[0]))
                     colours.append(sample_colours(rgb, found[0]))
         cap.release()
         if shapes:
-            subjects.append(dict(kind="video", name=name, shapes=shapes, colours=colours))
-    return subjects
+            subjects.append(dict(kind="video", name=name, shapes=shapes, colours=colours,
+                                 first_image=first[0], first_points=first[1]))
+    return merge_same_people(subjects, data)
+
+
+def merge_same_people(subjects, data: Path, threshold: float = 0.5):
+    """Several files show the same person (e.g. three clips of one man): merge them into one
+    subject by face-recognition distance, so identity statistics count people, not files."""
+    import cv2
+
+    from core.detect.identity import face_descriptor
+    from core.detect.landmarks import FaceLandmarks
+
+    desc = []
+    for s in subjects:
+        img, pts = s["first_image"], s["first_points"]
+        xy = pts[:N_SURFACE_POINTS, :2]
+        det = FaceLandmarks(points=pts, image_size=img.shape[:2],
+                            bbox=(xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()))
+        desc.append(face_descriptor(img, det))
+    group = list(range(len(subjects)))
+    for i in range(len(subjects)):
+        for j in range(i):
+            if desc[i] is not None and desc[j] is not None and np.linalg.norm(desc[i] - desc[j]) < threshold:
+                gi, gj = group[i], group[j]
+                group = [gj if g == gi else g for g in group]
+    merged = []
+    for g in sorted(set(group)):
+        members = [s for s, k in zip(subjects, group) if k == g]
+        merged.append(dict(kind="video" if any(m["kind"] == "video" for m in members) else "photo",
+                           name=" + ".join(m["name"] for m in members),
+                           shapes=[x for m in members for x in m["shapes"]],
+                           colours=[c for m in members for c in m["colours"]]))
+    return merged
 
 
 def detect_tiled(det, img):
@@ -182,7 +216,7 @@ def build(max_video_frames=600, n_expr=24, n_id=16, n_alb=8):
     mirror = mirror_permutation(canon)
     subjects = collect(feat_dir() / "tests" / "data", max_video_frames)
     n_det = sum(len(s["shapes"]) for s in subjects)
-    print(f"{len(subjects)} subjects, {n_det} detections ({time.time() - t0:.1f} s)")
+    print(f"{len(subjects)} people, {n_det} detections ({time.time() - t0:.1f} s)")
 
     # 1. alignment: first on all points, then on the points that move least within a subject
     all_idx = np.arange(N_SURFACE_POINTS)
@@ -250,7 +284,7 @@ def build(max_video_frames=600, n_expr=24, n_id=16, n_alb=8):
         source="weights/builtin_face.npz",
         notes={
             "built_by": "tools/build_builtin_model.py",
-            "subjects": [s["name"] for s in subjects],
+            "people": [s["name"] for s in subjects],
             "detections": n_det,
             "identity_variance_kept": round(float(s_ratio), 4),
             "expression_variance_kept": round(float(e_ratio), 4),
