@@ -45,3 +45,48 @@ def loop_subdivide(vertices: np.ndarray, faces: np.ndarray, attributes=()):
     new_faces = np.concatenate([np.stack([a, ab, ca], 1), np.stack([ab, b, bc], 1),
                                 np.stack([ca, bc, c], 1), np.stack([ab, bc, ca], 1)])
     return new_vertices, new_faces, new_attrs
+
+
+def closest_points_on_triangles(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """Closest point on triangle ``tri[i]`` (N, 3, 3) to ``points[i]`` (N, 3), vectorised
+    (the region tests of Ericson, Real-Time Collision Detection, 5.1.5)."""
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    ab, ac, ap = b - a, c - a, points - a
+    d1, d2 = (ab * ap).sum(1), (ac * ap).sum(1)
+    bp = points - b
+    d3, d4 = (ab * bp).sum(1), (ac * bp).sum(1)
+    cp = points - c
+    d5, d6 = (ab * cp).sum(1), (ac * cp).sum(1)
+    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    denom = va + vb + vc
+    denom = np.where(np.abs(denom) < 1e-30, 1e-30, denom)
+    v, w = vb / denom, vc / denom
+    out = a + ab * v[:, None] + ac * w[:, None]                      # interior
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_ab = np.nan_to_num(d1 / (d1 - d3))
+        t_ac = np.nan_to_num(d2 / (d2 - d6))
+        t_bc = np.nan_to_num((d4 - d3) / ((d4 - d3) + (d5 - d6)))
+    cases = [
+        ((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), b + (c - b) * t_bc[:, None]),
+        ((vb <= 0) & (d2 >= 0) & (d6 <= 0), a + ac * t_ac[:, None]),
+        ((vc <= 0) & (d1 >= 0) & (d3 <= 0), a + ab * t_ab[:, None]),
+        ((d6 >= 0) & (d5 <= d6), c),
+        ((d3 >= 0) & (d4 <= d3), b),
+        ((d1 <= 0) & (d2 <= 0), a),
+    ]
+    for cond, value in cases:                                        # later cases take precedence
+        out = np.where(cond[:, None], value, out)
+    return out
+
+
+def point_to_surface_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
+                              candidates: int = 16) -> np.ndarray:
+    """Distance from each point to the mesh surface (checks the ``candidates`` nearest triangles)."""
+    centroids = vertices[faces].mean(1)
+    d2 = ((points[:, None, :] - centroids[None]) ** 2).sum(-1)
+    near = np.argsort(d2, 1)[:, :candidates]                         # (N, C)
+    N, C = near.shape
+    tri = vertices[faces[near.reshape(-1)]]                          # (N*C, 3, 3)
+    q = np.repeat(points, C, axis=0)
+    cp = closest_points_on_triangles(q, tri)
+    return np.sqrt(((cp - q) ** 2).sum(1)).reshape(N, C).min(1)

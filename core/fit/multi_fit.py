@@ -139,9 +139,13 @@ def identity_precision(layer: MorphableLayer, fit: PhotoFit, det: FaceLandmarks,
     return Hss - Hso @ np.linalg.solve(Hoo, Hso.T)
 
 
-def fuse_identities(shapes: np.ndarray, precisions: np.ndarray):
-    """Product of Gaussians: (fused mean, fused precision)."""
-    Lam = precisions.sum(0)
+def fuse_identities(shapes: np.ndarray, precisions: np.ndarray, prior_precision: np.ndarray):
+    """Combine per-photo posteriors N(shape_i, precision_i^-1) into one: (mean, precision).
+
+    Each posterior already contains the N(0, prior^-1) prior, so their plain product would
+    count it N times and shrink the identity towards the mean face; it is counted once."""
+    N = len(shapes)
+    Lam = precisions.sum(0) - (N - 1) * prior_precision
     mean = np.linalg.solve(Lam, np.einsum("nij,nj->i", precisions, shapes))
     return mean, Lam
 
@@ -206,7 +210,7 @@ def fit_photos(images: list, detections: list, layer: MorphableLayer, config: Op
     if cfg.check_people and N >= 2:
         check_same_person(images, detections, names, cfg.same_person_distance, warnings)
     mean = shapes.mean(0)
-    fused, _ = fuse_identities(shapes, precisions)
+    fused, _ = fuse_identities(shapes, precisions, np.eye(layer.n_shape) * cfg.photo.shape_prior)
     progress.update("joint refinement", 0.62)
 
     # joint refinement with the shared identity, each photo keeping its camera

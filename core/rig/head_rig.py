@@ -78,10 +78,11 @@ class HeadRig:
     shape_key_deltas: np.ndarray    # (K, V, 3) offset of each key at value 1
     shape_key_values: np.ndarray    # (K,) fitted values (may be negative)
     vertex_colors: Optional[np.ndarray] = None  # (V, 3) albedo in [0, 1], sRGB
-    uv: Optional[np.ndarray] = None             # (V, 2)
+    uv: Optional[np.ndarray] = None             # (V, 2) per vertex, or (F, 3, 2) per triangle corner
     texture_path: Optional[str] = None
     bones: Optional[BoneSpec] = None
     camera: Optional[CameraSpec] = None
+    views: list = field(default_factory=list)    # more CameraSpecs (one per photo of a multi-photo fit)
     animation: Optional[HeadAnimation] = None
     metadata: dict = field(default_factory=dict)
 

@@ -1,0 +1,149 @@
+"""Baking one albedo texture from several photos of a fitted head.
+
+For every texel (the UV layout rasterised once), each photo contributes the colour it sees at
+that surface point, if the point is visible there (z-buffer of that view) and facing the camera:
+- lighting is removed by dividing by the view's fitted SH irradiance at the point's normal;
+- contributions are weighted by the squared cosine between normal and view ray (grazing views
+  are stretched and blurry), by photo quality, and fade out near silhouettes;
+- holes (seen by no photo) are filled from the mirror texel when the model is left-right
+  symmetric, then from the fitted per-vertex albedo; a few texels are dilated past chart edges
+  so texture filtering does not bleed background into the mesh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..render import rasterize
+from ..render.shading import sh_irradiance, vertex_normals
+from .uv import mirror_u
+
+
+@dataclass
+class BakeResult:
+    texture: np.ndarray         # (S, S, 3) uint8 sRGB albedo
+    coverage: np.ndarray        # (S, S) float: summed photo weight per texel (0 = filled)
+    chart: np.ndarray           # (S, S) bool: texels inside the UV layout
+    filled_from: dict           # texel counts: photos / mirror / model albedo
+
+
+def _uv_fragments(uv_corners: np.ndarray, size: int, device):
+    """Rasterise the UV layout: per texel, the triangle and its barycentrics."""
+    F_ = len(uv_corners)
+    uv = torch.as_tensor(uv_corners.reshape(-1, 2), dtype=torch.float32, device=device)
+    # pinhole with focal 1 at z = 1: pixel x = u * size, row = (1 - v) * size
+    pts = torch.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size, torch.ones_like(uv[:, 0])], -1)[None]
+    faces = torch.arange(3 * F_, device=device).reshape(F_, 3)
+    frags = rasterize(pts, faces, 1.0, 0.0, 0.0, size, size)
+    return frags.pix_to_face[0], frags.bary[0].detach()
+
+
+def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallback_albedo: np.ndarray,
+                 size: int = 512, symmetric: bool = True, model_vertices=None, device="cpu") -> BakeResult:
+    """``views``: dicts with image (H,W,3 uint8), vertices_camera (V,3), focal, cx, cy, sh (9,3), weight."""
+    import cv2
+
+    dev = torch.device(device)
+    faces_t = torch.as_tensor(faces, dtype=torch.long, device=dev)
+    pix_to_face, bary = _uv_fragments(uv_corners, size, dev)
+    chart = pix_to_face >= 0
+    tf = pix_to_face[chart]                              # (N,) triangle of each chart texel
+    tb = bary[chart]                                     # (N, 3)
+    per_view = []                                        # (albedo (N, 3), weight (N,)) per photo
+    for view in views:
+        vc = torch.as_tensor(view["vertices_camera"], dtype=torch.float32, device=dev)[None]
+        img = torch.as_tensor(view["image"], dtype=torch.float32, device=dev) / 255.0
+        H, W = img.shape[:2]
+        f, cx, cy = float(view["focal"]), float(view["cx"]), float(view["cy"])
+        normals = vertex_normals(vc, faces_t)[0]
+        tri = faces_t[tf]                                # (N, 3)
+        p = (vc[0][tri] * tb[..., None]).sum(1)          # texel points, camera space
+        n = F.normalize((normals[tri] * tb[..., None]).sum(1), dim=-1)
+        px = f * p[:, 0] / p[:, 2] + cx
+        py = f * p[:, 1] / p[:, 2] + cy
+        cos = (n * F.normalize(-p, dim=-1)).sum(-1)
+        # visibility: the texel's point must be the surface the view's z-buffer kept
+        frags = rasterize(vc, faces_t, f, cx, cy, H, W)
+        depth = frags.depth[0]
+        xi, yi = px.round().long().clamp(0, W - 1), py.round().long().clamp(0, H - 1)
+        inside = (px >= 0) & (px < W) & (py >= 0) & (py < H)
+        visible = inside & (cos > 0.05) & (p[:, 2] <= depth[yi, xi] + 2e-3)
+        grid = torch.stack([px / W * 2 - 1, py / H * 2 - 1], -1)[None, None]
+        colour = F.grid_sample(img.permute(2, 0, 1)[None], grid, align_corners=False, mode="bilinear")[0, :, 0].T
+        irradiance = sh_irradiance(n[None], torch.as_tensor(view["sh"], dtype=torch.float32, device=dev)[None])[0]
+        albedo = (colour / irradiance.clamp_min(0.05)).clamp(0, 1)
+        w = visible.float() * cos.clamp(0, 1) ** 2 * float(view.get("weight", 1.0))
+        per_view.append((albedo, w))
+    A = torch.stack([a for a, _ in per_view])            # (K, N, 3)
+    Wt = torch.stack([w for _, w in per_view])           # (K, N)
+    wsum = Wt.sum(0)
+    seen = wsum > 1e-3
+    out = torch.zeros(len(tf), 3, device=dev)
+    out[seen] = (Wt[:, seen, None] * A[:, seen]).sum(0) / wsum[seen, None]
+    if len(views) > 1:
+        # robust second pass: a view that disagrees with the blend (a hand, hair, a highlight
+        # only it sees) is down-weighted, so occluders do not ghost into the texture
+        dev_ = torch.linalg.norm(A - out[None], dim=-1)              # (K, N)
+        Wt = Wt * torch.exp(-(dev_ / 0.12) ** 2)
+        wsum2 = Wt.sum(0)
+        ok = seen & (wsum2 > 1e-4)
+        out[ok] = (Wt[:, ok, None] * A[:, ok]).sum(0) / wsum2[ok, None]
+    source = np.zeros(len(tf), np.int8)                  # 0 photo, 1 mirror, 2 model albedo
+    # symmetric fill: the mirror texel across the u of the symmetry plane
+    if symmetric and model_vertices is not None:
+        u0 = mirror_u(uv_corners, model_vertices, faces)
+        rows, cols = torch.nonzero(chart, as_tuple=True)
+        mcols = (2 * u0 * size - cols.float() - 1).round().long()
+        ok = (~seen) & (mcols >= 0) & (mcols < size)
+        idx_map = torch.full((size, size), -1, dtype=torch.long, device=dev)
+        idx_map[rows, cols] = torch.arange(len(tf), device=dev)
+        partner = torch.full_like(tf, -1)
+        partner[ok] = idx_map[rows[ok], mcols[ok].clamp(0, size - 1)]
+        use = ok & (partner >= 0)
+        use[use.clone()] &= seen[partner[use]]
+        out[use] = out[partner[use]]
+        source[use.cpu().numpy()] = 1
+        seen = seen | use
+    # model albedo for whatever is left
+    fb = torch.as_tensor(fallback_albedo, dtype=torch.float32, device=dev)
+    rest = ~seen
+    out[rest] = (fb[faces_t[tf[rest]]] * tb[rest][..., None]).sum(1)
+    source[rest.cpu().numpy()] = 2
+    tex = torch.zeros(size, size, 3, device=dev)
+    tex[chart] = out
+    cov = torch.zeros(size, size, device=dev)
+    cov[chart] = wsum
+    tex_np = (tex.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    chart_np = chart.cpu().numpy()
+    # dilate a few texels past the chart border (bilinear filtering and mip-maps read them)
+    mask = (~chart_np).astype(np.uint8)
+    tex_np = cv2.inpaint(tex_np, mask, 3, cv2.INPAINT_TELEA) if mask.any() else tex_np
+    return BakeResult(texture=tex_np, coverage=cov.cpu().numpy(), chart=chart_np,
+                      filled_from={"photos": int((source == 0).sum()), "mirror": int((source == 1).sum()),
+                                   "model": int((source == 2).sum())})
+
+
+def render_textured(vertices_camera, faces, uv_corners, texture: np.ndarray, sh, focal, cx, cy, height, width,
+                    device="cpu"):
+    """Render a textured, SH-lit mesh: (image (H,W,3) float, mask (H,W) bool)."""
+    dev = torch.device(device)
+    vc = torch.as_tensor(vertices_camera, dtype=torch.float32, device=dev)[None]
+    faces_t = torch.as_tensor(faces, dtype=torch.long, device=dev)
+    frags = rasterize(vc, faces_t, focal, cx, cy, height, width)
+    pf, b = frags.pix_to_face[0], frags.bary[0].detach()
+    m = pf >= 0
+    uvc = torch.as_tensor(uv_corners, dtype=torch.float32, device=dev)[pf[m]]      # (N, 3, 2)
+    uv = (uvc * b[m][..., None]).sum(1)
+    tex = torch.as_tensor(texture, dtype=torch.float32, device=dev).permute(2, 0, 1)[None] / 255.0
+    grid = torch.stack([uv[:, 0] * 2 - 1, (1 - uv[:, 1]) * 2 - 1], -1)[None, None]
+    albedo = F.grid_sample(tex, grid, align_corners=False, mode="bilinear")[0, :, 0].T
+    normals = vertex_normals(vc, faces_t)[0]
+    n = F.normalize((normals[faces_t[pf[m]]] * b[m][..., None]).sum(1), dim=-1)
+    irr = sh_irradiance(n[None], torch.as_tensor(sh, dtype=torch.float32, device=dev)[None])[0]
+    img = torch.zeros(height, width, 3, device=dev)
+    img[m] = (albedo * irr).clamp(0, 1)
+    return img.cpu().numpy(), m.cpu().numpy()
