@@ -11,6 +11,14 @@ Produces
 
 Both contain the add-on (blender_addon/) with the engine (core/) and its data (weights/) vendored
 inside the package as faceforge/core and faceforge/weights.
+
+Python packages: by default none are bundled; the add-on's "Install Dependencies" button (or pip)
+puts them into Blender's Python. ``--bundle-wheels`` downloads the platform wheels of the small
+engine packages (mediapipe, opencv and what they import; blender_addon/dependencies.py BUNDLED)
+for this machine's platform and lists them in the extension manifest, which Blender 4.2+ installs
+with the extension (``faceforge-<version>-extension-<platform>.zip``); only torch is then left to
+install. ``--wheels DIR`` bundles the wheels already in DIR instead. The legacy zip never bundles
+wheels (Blender 3.x cannot install them).
 """
 
 from __future__ import annotations
@@ -86,8 +94,53 @@ def _run(cmd: list) -> str:
     return out
 
 
-def build_extension(pkg: Path, out: Path, version: str) -> Path:
-    target = out / f"{PACKAGE}-{version}-extension.zip"
+def bundled_specs() -> list:
+    """The pip specs of the wheels --bundle-wheels downloads (read without importing bpy)."""
+    tree = ast.parse((ADDON_SRC / "dependencies.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "BUNDLED" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise SystemExit("dependencies.py has no BUNDLED list")
+
+
+def download_wheels(dest: Path) -> Path:
+    """pip download the BUNDLED wheels (binary, no dependencies: the list is complete) for this platform."""
+    dest.mkdir(parents=True, exist_ok=True)
+    print(_run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps", "-q",
+                "--dest", str(dest), *bundled_specs()]) or f"downloaded {len(list(dest.glob('*.whl')))} wheels")
+    return dest
+
+
+def add_wheels(pkg: Path, wheel_dir: Path) -> str:
+    """Copy wheels into the staged package and list them (+ their platforms) in its manifest."""
+    wheels = sorted(wheel_dir.glob("*.whl"))
+    if not wheels:
+        raise SystemExit(f"no .whl files in {wheel_dir}")
+    (pkg / "wheels").mkdir(exist_ok=True)
+    for w in wheels:
+        shutil.copy2(w, pkg / "wheels" / w.name)
+    tags = {w.stem.split("-")[-1] for w in wheels} - {"any"}
+    platforms = sorted({_blender_platform(t) for t in tags}) or []
+    manifest = pkg / "blender_manifest.toml"
+    text = manifest.read_text()
+    extra = "\nwheels = [\n" + "".join(f'  "./wheels/{w.name}",\n' for w in wheels) + "]\n"
+    if platforms:
+        extra += "platforms = [" + ", ".join(f'"{p}"' for p in platforms) + "]\n"
+    head, sep, tail = text.partition("\n[")           # top-level keys must come before the first table
+    manifest.write_text(head.rstrip() + "\n" + extra + sep + tail)
+    print(f"bundled {len(wheels)} wheels for {', '.join(platforms) or 'all platforms'}")
+    return "-" + "-".join(platforms) if len(platforms) == 1 else ""
+
+
+def _blender_platform(wheel_platform: str) -> str:
+    t = wheel_platform.lower()
+    os_name = "windows" if t.startswith("win") else "macos" if t.startswith("macosx") else "linux"
+    arch = "arm64" if ("arm64" in t or "aarch64" in t) else "x64"
+    return f"{os_name}-{arch}"
+
+
+def build_extension(pkg: Path, out: Path, version: str, suffix: str = "") -> Path:
+    target = out / f"{PACKAGE}-{version}-extension{suffix}.zip"
     target.unlink(missing_ok=True)
     builder = extension_builder()
     if builder is None:
@@ -126,6 +179,9 @@ def check_zip(path: Path, prefix: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "dist"), help="output folder (default: dist)")
+    ap.add_argument("--bundle-wheels", action="store_true",
+                    help="download and bundle the small engine packages' wheels (this platform) in the extension")
+    ap.add_argument("--wheels", metavar="DIR", help="bundle the .whl files in DIR in the extension")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -139,10 +195,14 @@ def main(argv=None) -> int:
             print("error: absolute imports would break the vendored package:\n  " + "\n  ".join(problems))
             return 1
         print(f"staged {pkg} (no absolute core/blender_addon imports)")
-        ext = build_extension(pkg, out, version)
-        check_zip(ext, "")
-        legacy = build_legacy(pkg, out, version)
+        legacy = build_legacy(pkg, out, version)           # before wheels: 3.x cannot install them
         check_zip(legacy, f"{PACKAGE}/")
+        suffix = ""
+        if args.bundle_wheels or args.wheels:
+            wheel_dir = Path(args.wheels) if args.wheels else download_wheels(out / "wheels")
+            suffix = add_wheels(pkg, wheel_dir)
+        ext = build_extension(pkg, out, version, suffix)
+        check_zip(ext, "")
     for p in (ext, legacy):
         print(f"{p}  {p.stat().st_size / 1e6:.2f} MB")
     return 0

@@ -4,12 +4,16 @@ Inside Blender (arguments after ``--``)::
 
     blender -b --factory-startup --python blender_addon/cli.py -- reconstruct photo.jpg --out head.fbx
 
-With Blender as a Python module (``pip install bpy``)::
+With Blender as a Python module (``pip install bpy``), as the ``faceforge`` console command
+(``pip install -e .`` maps this file to ``faceforge.cli``) or by path::
 
-    python blender_addon/cli.py reconstruct photo.jpg --out head.fbx --glb head.glb --blend head.blend
+    faceforge reconstruct photo.jpg --out head.fbx --glb head.glb --blend head.blend
+    python blender_addon/cli.py reconstruct photo.jpg --out head.fbx
+    faceforge model-info generic_model.pkl
 
-Exit codes: 0 success, 1 FaceForge error (message on stderr), 2 usage error.
-The process ends with ``os._exit`` because bpy + torch (+ the glTF exporter) can hang at exit.
+Progress lines go to stdout, errors to stderr. Exit codes: 0 success, 1 FaceForge error,
+2 usage error. The process ends with ``os._exit`` because bpy + torch (+ the glTF exporter)
+can hang at interpreter exit.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 _HERE = Path(__file__).resolve().parent
-PROG = "faceforge-blender"
+PROG = "faceforge"
 
 
 class UsageError(Exception):
@@ -52,30 +56,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'builtin' (default) or a FLAME .pkl / FaceForge .npz model file")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
     r.add_argument("--report-dir", metavar="DIR", help="also write params.json and overlay.png here")
+    m = sub.add_parser("model-info", help="load a model file and print its size (what the Validate button does)",
+                       description="Load a FLAME .pkl or FaceForge .npz model (finding its landmarks) and print "
+                                   "its vertices, identity / expression sizes and joints.")
+    m.add_argument("model", help="'builtin' or a model file")
     return parser
 
 
 def script_argv(argv=None) -> list:
-    """The script's own arguments: after '--' inside Blender, else after the script path."""
+    """The script's own arguments from a full ``sys.argv``: after '--' inside Blender, else after argv[0]
+    (the script path or the ``faceforge`` command)."""
     argv = list(sys.argv if argv is None else argv)
     if "--" in argv:
         return argv[argv.index("--") + 1:]
-    if argv and argv[0] and Path(argv[0]).resolve() == Path(__file__).resolve():
-        return argv[1:]
-    return []
+    if not argv or Path(argv[0]).name.lower().startswith("blender"):
+        return []   # Blender's own command line, no '--': nothing for us
+    return argv[1:]
+
+
+def addon_package():
+    """The add-on package this file belongs to, imported (``faceforge`` or, run by path, ``blender_addon``)."""
+    if __package__:
+        return importlib.import_module(__package__)
+    # run as a script: import our folder as a package from its parent directory
+    sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != _HERE]  # no top-level 'engine', 'ui'...
+    sys.path.insert(0, str(_HERE.parent))
+    return importlib.import_module(_HERE.name)
 
 
 def register_addon():
-    """Register the add-on this file belongs to (unless Blender already has it enabled)."""
+    """Register the add-on (unless Blender already has it enabled)."""
     import bpy
     if hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo"):
         return None
-    if __package__:
-        pkg = importlib.import_module(__package__)
-    else:  # run as a script: import our folder as a package from its parent directory
-        sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != _HERE]  # no top-level 'engine', 'ui'...
-        sys.path.insert(0, str(_HERE.parent))
-        pkg = importlib.import_module(_HERE.name)
+    pkg = addon_package()
     pkg.register()
     return pkg
 
@@ -111,16 +125,15 @@ def reconstruct(args, parser) -> int:
 
     register_addon()
     _clear_startup_scene(bpy)
-    scene = bpy.context.scene
     print(f"FaceForge: reconstructing {photo} (model {args.model}, device {args.device})", flush=True)
     try:
+        # EXEC: the job runs inline (synchronously) and prints progress lines
         bpy.ops.faceforge.reconstruct_photo(filepath=photo, model=model, device=args.device.upper(),
                                             output_dir=os.path.abspath(args.report_dir) if args.report_dir else "")
     except RuntimeError as e:
-        msg = scene.faceforge.last_error or str(e).removeprefix("Error: ").strip()
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        print(f"{PROG}: error: {_op_error(e)}", file=sys.stderr)
         return EXIT_ERROR
-    print(f"FaceForge: {scene.faceforge.status}", flush=True)
+    print(f"FaceForge: {bpy.context.window_manager.faceforge_job.last_message}", flush=True)
     written = []
     try:
         if args.out:
@@ -137,7 +150,7 @@ def reconstruct(args, parser) -> int:
             bpy.ops.wm.save_as_mainfile(filepath=path)
             written.append(path)
     except RuntimeError as e:
-        print(f"{PROG}: error: {str(e).removeprefix('Error: ').strip()}", file=sys.stderr)
+        print(f"{PROG}: error: {_op_error(e)}", file=sys.stderr)
         return EXIT_ERROR
     if args.report_dir:
         for name in ("params.json", "overlay.png"):
@@ -149,12 +162,36 @@ def reconstruct(args, parser) -> int:
     return EXIT_OK
 
 
-def main(argv=None) -> int:
+def _op_error(e: RuntimeError) -> str:
+    """bpy.ops errors read 'Error: <report>' (or 'Operator ... poll() <why>'): keep the message."""
+    return str(e).strip().removeprefix("Error: ").strip()
+
+
+def model_info(args) -> int:
+    import json
+    engine = importlib.import_module(f"{addon_package().__name__}.engine")
+    engine.block_triton()
+    core = engine.core
+    models = importlib.import_module(f"{core.__name__}.models")
+    spec = args.model if args.model == "builtin" else os.path.abspath(args.model)
+    try:
+        summary = models.load_model(spec).summary()
+    except core.errors.FaceForgeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(summary, indent=1))
+    return EXIT_OK
+
+
+def main(args=None) -> int:
+    """Run one command; ``args`` are the command's own arguments (default: from sys.argv)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(script_argv(argv))
+        args = parser.parse_args(script_argv() if args is None else list(args))
         if args.command == "reconstruct":
             return reconstruct(args, parser)
+        if args.command == "model-info":
+            return model_info(args)
         parser.error(f"unknown command {args.command}")
     except UsageError:
         return EXIT_USAGE
@@ -167,8 +204,13 @@ def main(argv=None) -> int:
     return EXIT_USAGE
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The ``faceforge`` console command (see pyproject.toml)."""
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":
+    console_main()

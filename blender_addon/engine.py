@@ -1,9 +1,11 @@
 """Exposes FaceForge's bpy-free engine as the submodule ``<add-on package>.core``.
 
-Two layouts are supported:
+Three layouts are supported:
 
 - Built add-on (``build_addon.py``): ``core/`` is vendored inside the add-on package
   (``faceforge/core``), so a plain relative import finds it.
+- Installed package (``pip install -e .``, the ``faceforge`` console command): setuptools maps
+  ``faceforge`` -> ``blender_addon/`` and ``faceforge.core`` -> ``core/``; a plain import finds it.
 - Source checkout: ``blender_addon/`` and ``core/`` are siblings in the repository. The
   repository's ``core/`` is loaded *under the add-on's own name* (``blender_addon.core``),
   registered in ``sys.modules`` so that the relative imports inside core resolve, and no
@@ -11,7 +13,7 @@ Two layouts are supported:
 
 Everything else in the add-on does ``from .engine import core`` (or, once this module was
 imported, ``from .core.rig import HeadRig``). The engine finds its data through
-``Path(core.__file__).parent.parent / "weights"``, which works in both layouts.
+``Path(core.__file__).parent.parent / "weights"``, which works in all three layouts.
 """
 
 from __future__ import annotations
@@ -46,13 +48,20 @@ def _load_sibling_core():
     return module
 
 
-if (_HERE / "core" / "__init__.py").is_file():
-    from . import core  # vendored copy (built add-on)
-else:
-    core = _load_sibling_core()
-    parent = sys.modules.get(_PACKAGE)
-    if parent is not None:
-        setattr(parent, "core", core)  # makes ``from .core.x import y`` resolve like a real subpackage
+def _import_core():
+    # vendored copy (built add-on), or a package mapping (``pip install -e .``: faceforge.core -> core/)
+    try:
+        return importlib.import_module(f"{_PACKAGE}.core")
+    except ModuleNotFoundError as e:
+        if e.name != f"{_PACKAGE}.core":
+            raise
+    return _load_sibling_core()   # source checkout: core/ next to blender_addon/
+
+
+core = _import_core()
+_parent = sys.modules.get(_PACKAGE)
+if _parent is not None and getattr(_parent, "core", None) is not core:
+    setattr(_parent, "core", core)  # makes ``from .core.x import y`` resolve like a real subpackage
 
 VENDORED = (_HERE / "core" / "__init__.py").is_file()
 
@@ -65,12 +74,74 @@ def weights_dir() -> Path:
 def load_pipeline():
     """Import ``core.pipeline`` lazily (it pulls in torch); raise a clear error if it cannot load."""
     try:
-        return importlib.import_module(f"{core.__name__}.pipeline")
+        pipeline = importlib.import_module(f"{core.__name__}.pipeline")
+        share_cpu_with_blender()
+        return pipeline
     except ImportError as e:  # torch / mediapipe missing inside Blender's Python, or engine incomplete
         raise core.errors.FaceForgeError(
             f"FaceForge's reconstruction engine could not be loaded ({e}). "
-            "Install the Python dependencies (torch, numpy, mediapipe, opencv) into Blender's Python."
+            "Install the missing Python packages (torch, numpy, mediapipe, opencv) into Blender's Python: "
+            "Preferences > Add-ons > FaceForge > Install Dependencies, or pip (see the README)."
         ) from e
+
+
+def in_blender_binary() -> bool:
+    """True inside Blender's own executable (GUI or -b), False for the bpy Python module."""
+    import bpy
+    return bool(getattr(bpy.app, "binary_path", "")) and not getattr(bpy.app, "module", False)
+
+
+def share_cpu_with_blender() -> None:
+    """Leave two cores to Blender's own threads when torch runs inside Blender's process.
+
+    torch's OpenMP workers spin-wait at barriers; next to Blender's TBB / UI / GL threads on
+    few cores they get descheduled and a fit slows down several times (seen with Debian's
+    Blender 3.4 on 2 cores: about 25 s with two threads, 5 s with one). The fits are small,
+    so fewer threads cost little. FACEFORGE_TORCH_THREADS=N sets the count explicitly."""
+    import os
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    explicit = os.environ.get("FACEFORGE_TORCH_THREADS", "")
+    if explicit.isdigit() and int(explicit) > 0:
+        torch.set_num_threads(int(explicit))
+    elif in_blender_binary():
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 2)))
+
+
+class _NoTriton:
+    """Meta-path hook: ``import triton`` raises ImportError (which torch handles: no torch.compile),
+    while ``find_spec("triton")`` still answers, as torch.cuda's lazy init expects."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "triton" or name.startswith("triton."):
+            return importlib.util.spec_from_loader(name, _NoTriton)
+        return None
+
+    @staticmethod
+    def create_module(spec):
+        return None
+
+    @staticmethod
+    def exec_module(module):
+        raise ImportError("triton is kept out of this process by FaceForge (FACEFORGE_ALLOW_TRITON=1 allows it)")
+
+
+def block_triton() -> bool:
+    """Keep torch from loading triton (call before torch first tries to).
+
+    torch imports triton lazily (torch._dynamo, pulled in e.g. when an optimizer is built).
+    libtriton bundles its own LLVM and crashes the process (segfault) when Mesa's LLVM is
+    already loaded: Blender's GUI on llvmpipe / radeonsi, or mediapipe's EGL context whenever
+    a display is available. FaceForge never uses torch.compile, so nothing is lost.
+    FACEFORGE_ALLOW_TRITON=1 keeps triton importable."""
+    import os
+    if os.environ.get("FACEFORGE_ALLOW_TRITON") == "1" or "triton" in sys.modules:
+        return False
+    if not any(f is _NoTriton for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoTriton)
+    return True
 
 
 def _ensure_errors():
@@ -80,4 +151,4 @@ def _ensure_errors():
 
 _ensure_errors()
 
-__all__ = ["core", "VENDORED", "weights_dir", "load_pipeline"]
+__all__ = ["core", "VENDORED", "weights_dir", "load_pipeline", "block_triton"]

@@ -1,10 +1,10 @@
-"""Per-scene settings (``scene.faceforge``): the workflow's inputs and its last status."""
+"""Per-scene settings (``scene.faceforge``): the workflow's inputs, saved with the .blend file."""
 
 import bpy
 from bpy.props import EnumProperty, PointerProperty, StringProperty
 
 MODEL_ITEMS = (
-    ("BUILTIN", "Built-in", "FaceForge's own head model, shipped with the add-on"),
+    ("BUILTIN", "Built-in", "FaceForge's own head model, shipped with the add-on (nothing to set up)"),
     ("CUSTOM", "Custom", "The model file set in the add-on preferences (FLAME .pkl or FaceForge .npz)"),
 )
 
@@ -12,18 +12,16 @@ MODEL_ITEMS = (
 class FaceForgeSceneSettings(bpy.types.PropertyGroup):
     model_source: EnumProperty(
         name="Model",
-        description="Which morphable head model the reconstruction fits",
+        description="Which morphable head model the next reconstruction fits",
         items=MODEL_ITEMS,
         default="BUILTIN",
     )
     photo_path: StringProperty(
         name="Photo",
-        description="A photo of one face, looking roughly at the camera",
+        description="A photo of one face, looking roughly at the camera (jpg, png, ...)",
         subtype="FILE_PATH",
         default="",
     )
-    status: StringProperty(name="Status", description="What the last FaceForge run did", default="")
-    last_error: StringProperty(name="Last Error", description="Why the last FaceForge run failed", default="")
 
 
 def register_props():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -19,7 +20,11 @@ pytestmark = pytest.mark.blender
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-OPERATORS = ("FACEFORGE_OT_reconstruct_photo", "FACEFORGE_OT_export_fbx", "FACEFORGE_OT_export_gltf")
+OPERATORS = ("FACEFORGE_OT_reconstruct_photo", "FACEFORGE_OT_export_fbx", "FACEFORGE_OT_export_gltf",
+             "FACEFORGE_OT_view_photo_camera", "FACEFORGE_OT_validate_model", "FACEFORGE_OT_install_dependencies",
+             "FACEFORGE_OT_check_dependencies", "FACEFORGE_OT_cancel_job")
+PANELS = ("FACEFORGE_PT_main", "FACEFORGE_PT_model", "FACEFORGE_PT_input", "FACEFORGE_PT_reconstruct",
+          "FACEFORGE_PT_rig", "FACEFORGE_PT_stylize", "FACEFORGE_PT_export")
 
 
 def run_py(code: str, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
@@ -42,23 +47,31 @@ def test_register_unregister_cycle():
         blender_addon.unregister()
     try:
         blender_addon.register()
-        for name in OPERATORS + ("FACEFORGE_PT_main",):
+        for name in OPERATORS + PANELS:
             assert hasattr(bpy.types, name), name
-        assert hasattr(bpy.types.Scene, "faceforge")
+        assert hasattr(bpy.types.Scene, "faceforge") and hasattr(bpy.types.WindowManager, "faceforge_job")
         assert bpy.context.scene.faceforge.model_source == "BUILTIN"
-        panel = bpy.types.FACEFORGE_PT_main
-        assert (panel.bl_space_type, panel.bl_region_type, panel.bl_category) == ("VIEW_3D", "UI", "FaceForge")
-        for cls in blender_addon.operators.CLASSES:
-            assert cls.bl_idname.startswith("faceforge.")
-            assert cls.bl_description and cls.bl_options == {"REGISTER", "UNDO"}
+        for name in PANELS:
+            panel = getattr(bpy.types, name)
+            assert (panel.bl_space_type, panel.bl_region_type, panel.bl_category) == ("VIEW_3D", "UI", "FaceForge")
+        # one prefix, tooltips everywhere; scene-changing operators are undoable
+        for cls in blender_addon.operators.CLASSES + blender_addon.runner.CLASSES[1:]:
+            assert cls.bl_idname.startswith("faceforge."), cls
+            assert len(cls.bl_description) > 30, cls
+        undoable = {c.bl_idname: c.bl_options for c in blender_addon.operators.CLASSES}
+        assert undoable["faceforge.reconstruct_photo"] == {"UNDO"}      # undo step, no redo panel re-running the fit
+        for idname in ("faceforge.export_fbx", "faceforge.export_gltf", "faceforge.view_photo_camera"):
+            assert undoable[idname] == {"REGISTER", "UNDO"}, idname
+        assert issubclass(blender_addon.operators.reconstruct.FACEFORGE_OT_reconstruct_photo, blender_addon.runner.JobOperator)
         rna = bpy.ops.faceforge.reconstruct_photo.get_rna_type().properties
         assert rna["filepath"].subtype == "FILE_PATH" and rna["filter_image"].default is True
+        assert rna["synchronous"].is_hidden
         assert "output_dir" in rna
         assert blender_addon.preferences.FACEFORGE_AP_preferences.bl_idname == "blender_addon"
         blender_addon.unregister()
-        for name in OPERATORS + ("FACEFORGE_PT_main",):
+        for name in OPERATORS + PANELS:
             assert not hasattr(bpy.types, name), name
-        assert not hasattr(bpy.types.Scene, "faceforge")
+        assert not hasattr(bpy.types.Scene, "faceforge") and not hasattr(bpy.types.WindowManager, "faceforge_job")
         blender_addon.register()      # a second cycle works too (no stale state)
         blender_addon.unregister()
     finally:
@@ -102,7 +115,8 @@ def test_build_produces_both_zips(built):
         ext = set(zf.namelist())
     with zipfile.ZipFile(built["legacy"]) as zf:
         legacy = set(zf.namelist())
-    for rel in ("blender_manifest.toml", "__init__.py", "engine.py", "scene/head_builder.py",
+    for rel in ("blender_manifest.toml", "__init__.py", "engine.py", "runner.py", "dependencies.py", "cli.py",
+                "scene/head_builder.py", "scene/lookup.py", "operators/model.py", "operators/setup.py",
                 "core/__init__.py", "core/rig/head_rig.py", "weights/builtin_face.npz"):
         assert rel in ext, rel
         assert f"faceforge/{rel}" in legacy, rel
@@ -111,6 +125,37 @@ def test_build_produces_both_zips(built):
     # the repo's core tree is vendored completely
     core_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "core").rglob("*.py") if "__pycache__" not in p.parts}
     assert core_files <= ext
+
+
+def test_build_bundles_wheels_into_the_extension_only(tmp_path):
+    """--wheels DIR (what --bundle-wheels fills by pip download): listed in the extension's manifest,
+    validated by Blender's builder; the legacy zip stays without (3.x cannot install wheels)."""
+    import tomllib
+    from test_runner import _dummy_wheel
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _dummy_wheel(wheels)
+    out = tmp_path / "dist"
+    r = subprocess.run([PY, str(ROOT / "build_addon.py"), "--out", str(out), "--wheels", str(wheels)],
+                       capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "bundled 1 wheels for all platforms" in r.stdout and "Success parsing TOML" in r.stdout
+    with zipfile.ZipFile(next(out.glob("*-extension.zip"))) as zf:
+        manifest = tomllib.loads(zf.read("blender_manifest.toml").decode())
+        assert "wheels/ffdummy-0.1-py3-none-any.whl" in zf.namelist()
+    assert manifest["wheels"] == ["./wheels/ffdummy-0.1-py3-none-any.whl"]
+    assert manifest["permissions"]["network"]
+    with zipfile.ZipFile(next(out.glob("*-legacy.zip"))) as zf:
+        assert not any("/wheels/" in n for n in zf.namelist())
+    sys.path.insert(0, str(ROOT))
+    try:
+        import build_addon
+    finally:
+        sys.path.remove(str(ROOT))
+    assert "mediapipe==0.10.21" in build_addon.bundled_specs() and not any(
+        s.startswith("torch") for s in build_addon.bundled_specs())
+    assert build_addon._blender_platform("manylinux_2_28_x86_64") == "linux-x64"
+    assert build_addon._blender_platform("macosx_11_0_arm64") == "macos-arm64"
 
 
 def test_import_checker_catches_absolute_imports(tmp_path):
@@ -234,23 +279,59 @@ def test_cli_bad_photo_is_a_clear_error(tmp_path):
     missing = tmp_path / "no_such_photo.jpg"
     r = cli("reconstruct", missing, "--out", tmp_path / "head.fbx")
     assert r.returncode == 1
-    assert f"faceforge-blender: error: The photo '{missing}' does not exist" in r.stderr
+    assert f"faceforge: error: The photo '{missing}' does not exist" in r.stderr
     assert not (tmp_path / "head.fbx").exists()
+
+
+def test_faceforge_console_command_and_package_layout(tmp_path):
+    """`pip install -e .` (./run's set-up) installs the add-on as the package `faceforge` with the
+    `faceforge` command; no top-level `core` is installed."""
+    exe = Path(sys.executable).with_name("faceforge")
+    if not exe.is_file():
+        pytest.skip("the faceforge package is not installed in this environment (./run installs it)")
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 0 and r.stdout.startswith("usage: faceforge") and "reconstruct" in r.stdout
+    r = subprocess.run([str(exe), "reconstruct", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--device" in r.stdout
+    r = subprocess.run([str(exe), "reconstruct", "x.jpg"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "nothing to write" in r.stderr
+    r = subprocess.run([str(exe), "model-info", str(ROOT / "weights" / "builtin_face.npz")], capture_output=True,
+                       text=True, timeout=120, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout[r.stdout.index("{"):])["expression_components"] == 24
+    code = ("import importlib.util, json, os, sys, faceforge, faceforge.engine as e\n"
+            "print(json.dumps({'top_core': importlib.util.find_spec('core') is not None, 'core': e.core.__name__,\n"
+            "  'weights': (e.weights_dir() / 'builtin_face.npz').is_file(), 'cli': faceforge.cli.__name__\n"
+            "  if hasattr(faceforge, 'cli') else __import__('faceforge.cli').cli.__name__}))\n"
+            "sys.stdout.flush(); os._exit(0)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert last_json(r.stdout) == {"top_core": False, "core": "faceforge.core", "weights": True, "cli": "faceforge.cli"}
 
 
 # ----------------------------------------------------------------------------- panel drawing
 class FakeLayout:
     """Records what a panel draws and checks every property and operator it names exists."""
 
-    def __init__(self, log):
+    def __init__(self, log, enabled=True):
         self.log = log
         self.alert = False
-        self.enabled = True
+        self._enabled = enabled
         self.use_property_split = False
+        self.scale_y = 1.0
+
+    @property
+    def enabled(self):
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value):
+        self._enabled = self._enabled and bool(value)
 
     def _child(self, kind):
         self.log.append((kind,))
-        return FakeLayout(self.log)
+        return FakeLayout(self.log, self._enabled)
 
     def box(self):
         return self._child("box")
@@ -261,42 +342,112 @@ class FakeLayout:
     def column(self, **kw):
         return self._child("column")
 
+    def grid_flow(self, **kw):
+        return self._child("grid")
+
     def label(self, text="", icon="NONE"):
-        self.log.append(("label", text))
+        self.log.append(("label", text, self._enabled))
 
     def prop(self, data, name, **kw):
-        assert name in data.bl_rna.properties, f"{data} has no property {name}"
-        self.log.append(("prop", name))
+        if hasattr(data, "bl_rna"):
+            assert name in data.bl_rna.properties, f"{data} has no property {name}"
+        else:
+            assert hasattr(data, name), name
+        self.log.append(("prop", name, self._enabled))
+
+    def progress(self, factor=0.0, type="BAR", text=""):
+        self.log.append(("progress", round(factor, 2), text))
+
+    def template_list(self, listtype, list_id, data, propname, active_data, active_propname, **kw):
+        assert propname in data.bl_rna.properties and active_propname in active_data.bl_rna.properties
+        self.log.append(("list", propname))
 
     def operator(self, idname, **kw):
         mod, op = idname.split(".")
         assert getattr(getattr(bpy.ops, mod), op).get_rna_type() is not None, idname
-        self.log.append(("operator", idname))
+        self.log.append(("operator", idname, self._enabled))
         return types.SimpleNamespace()  # the panel sets operator properties on it
 
 
-@pytest.mark.parametrize("source", ["BUILTIN", "CUSTOM"])
-def test_panel_draws_the_workflow(source):
+def draw_all(context) -> list:
+    log = []
+    for cls in blender_addon.ui.CLASSES:
+        log.append(("panel", cls.bl_label))
+        cls.draw(types.SimpleNamespace(layout=FakeLayout(log)), context)
+    return log
+
+
+@pytest.fixture
+def registered():
     was = hasattr(bpy.types, OPERATORS[0])
     if not was:
         blender_addon.register()
-    try:
-        bpy.ops.wm.read_factory_settings(use_empty=True)
-        settings = bpy.context.scene.faceforge
-        settings.model_source = source
-        settings.last_error = "The photo 'x.jpg' does not exist or is not a file."
-        log = []
-        panel = types.SimpleNamespace(layout=FakeLayout(log))
-        blender_addon.ui.panels.FACEFORGE_PT_main.draw(panel, bpy.context)
-        labels = [e[1] for e in log if e[0] == "label"]
-        assert [t for t in labels if t[:2] in ("1.", "2.", "3.", "4.")] == \
-            ["1. Model", "2. Input", "3. Reconstruct", "4. Export"]
-        ops = [e[1] for e in log if e[0] == "operator"]
-        assert ops[-3:] == ["faceforge.reconstruct_photo", "faceforge.export_fbx", "faceforge.export_gltf"]
-        assert ("prop", "photo_path") in log and ("prop", "model_source") in log
-        assert "Failed:" in labels
-        if source == "CUSTOM":
-            assert "No model file set" in labels and "preferences.addon_show" in ops
-    finally:
-        if not was:
-            blender_addon.unregister()
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    yield bpy.context
+    blender_addon.runner._set_active(None)
+    if not was:
+        blender_addon.unregister()
+
+
+def labels(log):
+    return [e[1] for e in log if e[0] == "label"]
+
+
+def test_panels_read_as_a_workflow_with_disabled_steps(registered):
+    context = registered
+    log = draw_all(context)
+    assert [e[1] for e in log if e[0] == "panel"] == \
+        ["FaceForge", "1. Model", "2. Input", "3. Reconstruct", "4. Rig", "5. Stylize", "6. Export"]
+    ops = {e[1]: e[2] for e in log if e[0] == "operator"}
+    # no photo, no head yet: the later steps are drawn disabled, each with a hint
+    assert ops["faceforge.reconstruct_photo"] is False and "Choose a photo in 2. Input" in labels(log)
+    assert ops["faceforge.export_fbx"] is False and ops["faceforge.view_photo_camera"] is False
+    assert "Reconstruct a head first" in labels(log)
+    assert ("prop", "photo_path", True) in log and ("prop", "model_source", True) in log
+    assert ("label", "Video: coming with Track Video", False) in log      # not a fake button: a disabled hint
+
+    context.scene.faceforge.photo_path = "/photos/me.jpg"
+    context.scene.faceforge.model_source = "CUSTOM"
+    log = draw_all(context)
+    ops = {e[1]: e[2] for e in log if e[0] == "operator"}
+    assert ops["faceforge.reconstruct_photo"] is True
+    assert "preferences.addon_show" in ops and any(t.startswith("No model file set") for t in labels(log))
+
+
+def test_panel_shows_progress_cancel_and_results(registered, tmp_path):
+    context = registered
+    st = context.window_manager.faceforge_job
+    st.running, st.label, st.stage, st.fraction, st.eta = True, "Reconstruct from Photo", "fitting landmarks", 0.42, "3 s"
+    log = draw_all(context)
+    bar = [e for e in log if e[0] in ("progress", "prop") and e[1] in (0.42, "percent")]
+    assert bar, log                                                      # a bar (4.0+: layout.progress)
+    assert ("operator", "faceforge.cancel_job", True) in log
+    assert "Fitting landmarks" in labels(log) and "ETA 3 s · Esc to cancel" in labels(log)
+    st.running = False
+    st.last_state, st.last_message = "FAILED", "No face was found in the photo."
+    assert "No face was found in the" in labels(draw_all(context))[0]
+
+    # with a head: the Rig step lists its expression shape keys, Export is enabled
+    from test_scene_builder import make_rig
+    from blender_addon.scene import head_builder
+    head_builder.build_head(context, make_rig(tmp_path))
+    log = draw_all(context)
+    ops = {e[1]: e[2] for e in log if e[0] == "operator"}
+    assert ("list", "key_blocks") in log and "3 expression shape keys" in labels(log)
+    assert ops["faceforge.export_fbx"] is True and ops["faceforge.view_photo_camera"] is True
+
+
+def test_missing_packages_message_in_panel_and_preferences(registered, monkeypatch):
+    from blender_addon import dependencies, preferences
+    monkeypatch.setattr(dependencies, "_present", {"torch": False})
+    log = draw_all(registered)
+    assert " ".join(labels(log)).startswith("Missing Python packages: torch. Install them in Preferences")
+    assert ("operator", "preferences.addon_show", True) in log
+    prefs = types.SimpleNamespace(model_path="", model_info="", model_info_path="", model_error="",
+                                  clip_checkpoint="", device="AUTO", install_optional=False,
+                                  layout=FakeLayout(log := []))
+    preferences.FACEFORGE_AP_preferences.draw(prefs, registered)
+    ops = [e[1] for e in log if e[0] == "operator"]
+    assert {"faceforge.validate_model", "faceforge.install_dependencies", "faceforge.check_dependencies"} <= set(ops)
+    assert "missing: pip install torch==2.14.1" in labels(log)
+    assert "No file: the built-in model is used." in labels(log)

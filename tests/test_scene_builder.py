@@ -355,7 +355,8 @@ def test_reconstruct_operator_builds_head(empty_scene, tmp_path, monkeypatch, ca
     assert json.loads(head["faceforge_warnings"]) == ["low light"]
     assert (tmp_path / "rep" / "params.json").is_file()
     assert "FaceForge: fitting 100%" in capsys.readouterr().out
-    assert bpy.context.scene.faceforge.last_error == ""
+    job = bpy.context.window_manager.faceforge_job
+    assert job.last_state == "FINISHED" and job.last_message.startswith("Built 'TestHead'")
 
 
 def test_reconstruct_operator_failure_rolls_back(empty_scene, tmp_path, monkeypatch):
@@ -367,7 +368,8 @@ def test_reconstruct_operator_failure_rolls_back(empty_scene, tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="disk full"):
         bpy.ops.faceforge.reconstruct_photo(filepath=str(photo), output_dir=str(tmp_path / "rep"))
     assert names_of_data() == before
-    assert "disk full" in bpy.context.scene.faceforge.last_error
+    job = bpy.context.window_manager.faceforge_job
+    assert job.last_state == "FAILED" and "disk full" in job.last_message
     # a missing photo is reported before any work
     with pytest.raises(RuntimeError, match="does not exist"):
         bpy.ops.faceforge.reconstruct_photo(filepath=str(tmp_path / "nope.jpg"))

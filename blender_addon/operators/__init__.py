@@ -1,5 +1,5 @@
-"""Operators, all under the ``faceforge.`` prefix."""
+"""Operators, all under the ``faceforge.`` prefix; long ones are runner.JobOperator subclasses."""
 
-from . import export, reconstruct
+from . import export, model, reconstruct, setup, view
 
-CLASSES = reconstruct.CLASSES + export.CLASSES
+CLASSES = reconstruct.CLASSES + view.CLASSES + export.CLASSES + model.CLASSES + setup.CLASSES

@@ -6,7 +6,7 @@ import bpy
 from bpy.props import StringProperty
 from bpy_extras.io_utils import ExportHelper
 
-from ..scene.head_builder import find_head, rig_of
+from ..scene.lookup import find_head, rig_of
 from ..scene.rollback import restore_selection
 
 

@@ -14,6 +14,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Quaternion
 
+from .lookup import CAMERA_PROP, HEAD_PROP, RIG_PROP, find_head, rig_of  # noqa: F401  (re-exported)
 from .rollback import SceneSnapshot
 
 # model (x, y, z) -> Blender (x, -z, y); a proper rotation (det +1)
@@ -21,9 +22,6 @@ MODEL_TO_BLENDER = np.array([[1.0, 0.0, 0.0],
                              [0.0, 0.0, -1.0],
                              [0.0, 1.0, 0.0]])
 
-HEAD_PROP = "faceforge_head"
-RIG_PROP = "faceforge_rig"
-CAMERA_PROP = "faceforge_camera"
 
 SENSOR_WIDTH_MM = 36.0
 
@@ -171,6 +169,9 @@ def _add_material(obj, rig, name: str):
         tex.location = (bsdf.location.x - 400, bsdf.location.y)
         links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
     elif rig.vertex_colors is not None:
+        # solid-mode viewport colour: the mean skin tone (the nodes below are for renders)
+        mean = srgb_to_linear(np.asarray(rig.vertex_colors, dtype=np.float64).mean(0))
+        mat.diffuse_color = (*mean.tolist(), 1.0)
         col = nodes.new("ShaderNodeVertexColor")  # "Color Attribute" node
         col.layer_name = "albedo"
         col.location = (bsdf.location.x - 300, bsdf.location.y)
@@ -372,40 +373,3 @@ def build_head(context, rig, collection_name: str = "FaceForge") -> dict:
         snap.rollback()
         raise
     return {"collection": coll, "mesh": obj, "material": mat, "camera": cam, "armature": arm}
-
-
-def find_head(context):
-    """The FaceForge head the user means: the active object (or its rig's head), else the first in the scene."""
-    def head_of(o):
-        if o is None:
-            return None
-        if o.get(HEAD_PROP):
-            return o
-        if o.get(RIG_PROP):
-            for c in o.children:
-                if c.get(HEAD_PROP):
-                    return c
-        if o.parent is not None and o.parent.get(RIG_PROP):
-            return head_of(o.parent)
-        return None
-
-    found = head_of(context.view_layer.objects.active)
-    if found is not None:
-        return found
-    for o in context.selected_objects if hasattr(context, "selected_objects") else []:
-        found = head_of(o)
-        if found is not None:
-            return found
-    for o in context.scene.objects:
-        if o.get(HEAD_PROP):
-            return o
-    return None
-
-
-def rig_of(head_obj):
-    """The armature object deforming ``head_obj`` (via its Armature modifier or parent), or None."""
-    for m in head_obj.modifiers:
-        if m.type == "ARMATURE" and m.object is not None:
-            return m.object
-    p = head_obj.parent
-    return p if (p is not None and p.type == "ARMATURE") else None

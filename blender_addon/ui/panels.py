@@ -1,17 +1,57 @@
-"""The "FaceForge" sidebar tab: Model -> Input -> Reconstruct -> Export."""
+"""The "FaceForge" sidebar tab, read top to bottom as a workflow:
+
+    FaceForge   status: missing packages, the running job's progress bar + Cancel, the last result
+    1. Model    Built-in / Custom (+ Validate), device
+    2. Input    photo (video: coming with tracking)
+    3. Reconstruct
+    4. Rig      what the head has: expression shape keys (editable), armature
+    5. Stylize  coming; shows whether the CLIP checkpoint is set
+    6. Export   FBX rig / glTF
+
+Steps that are not possible yet are drawn disabled with a hint saying why.
+"""
 
 from __future__ import annotations
 
+import os
+
 import bpy
 
-from .. import preferences
-from ..scene.head_builder import find_head
+from .. import dependencies, preferences, runner
+from ..scene.lookup import camera_of, find_head, rig_of
+
+CATEGORY = "FaceForge"
+WRAP = 30   # characters per line in a default-width sidebar
 
 
-def _section(layout, title: str, icon: str):
-    box = layout.box()
-    box.label(text=title, icon=icon)
-    return box
+def _hint(layout, text: str, icon: str = "INFO", alert: bool = False) -> None:
+    col = layout.column(align=True)
+    col.alert = alert
+    for i, line in enumerate(preferences.wrap(text, WRAP)):
+        col.label(text=line, icon=icon if i == 0 else "BLANK1")
+
+
+def draw_job_status(layout, context) -> None:
+    """Progress bar + Cancel while a job runs; how the last one ended otherwise. Shared with the preferences."""
+    st = runner.status(context)
+    if st is None:
+        return
+    if st.running:
+        box = layout.box()
+        box.label(text=f"{st.label}…", icon="SORTTIME")
+        box.label(text="Cancelling…" if st.cancelling else st.stage.capitalize())
+        row = box.row(align=True)
+        if hasattr(row, "progress"):        # Blender 4.0+
+            row.progress(factor=st.fraction, type="BAR", text=f"{round(100 * st.fraction)}%")
+        else:                               # 3.x: a percentage slider that ignores edits
+            row.prop(st, "percent", text="", slider=True)
+        row.operator("faceforge.cancel_job", text="", icon="CANCEL")
+        sub = box.row()
+        sub.enabled = False
+        sub.label(text=(f"ETA {st.eta} · " if st.eta else "") + ("" if st.cancelling else "Esc to cancel"))
+    elif st.last_state:
+        icon = {"FINISHED": "CHECKMARK", "CANCELLED": "CANCEL", "FAILED": "ERROR"}.get(st.last_state, "INFO")
+        _hint(layout, st.last_message, icon=icon, alert=st.last_state == "FAILED")
 
 
 class FACEFORGE_PT_main(bpy.types.Panel):
@@ -19,7 +59,7 @@ class FACEFORGE_PT_main(bpy.types.Panel):
     bl_label = "FaceForge"
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
-    bl_category = "FaceForge"
+    bl_category = CATEGORY
 
     @classmethod
     def poll(cls, context):
@@ -27,58 +67,166 @@ class FACEFORGE_PT_main(bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        settings = context.scene.faceforge
+        message = dependencies.missing_message()
+        if message:
+            box = layout.box()
+            _hint(box, message, icon="ERROR", alert=True)
+            op = box.operator("preferences.addon_show", text="Open FaceForge Preferences", icon="PREFERENCES")
+            op.module = preferences.ADDON_ID
+        draw_job_status(layout, context)
 
-        # 1. Model
-        box = _section(layout, "1. Model", "MESH_MONKEY")
-        box.row().prop(settings, "model_source", expand=True)
+
+class _Step:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = CATEGORY
+    bl_parent_id = "FACEFORGE_PT_main"
+
+    @classmethod
+    def poll(cls, context):
+        return hasattr(context.scene, "faceforge")
+
+
+class FACEFORGE_PT_model(_Step, bpy.types.Panel):
+    bl_idname = "FACEFORGE_PT_model"
+    bl_label = "1. Model"
+
+    def draw_header(self, context):
+        self.layout.label(icon="MESH_MONKEY")
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.faceforge
+        layout.row().prop(settings, "model_source", expand=True)
+        prefs = preferences.get_prefs(context)
         if settings.model_source == "CUSTOM":
             path = preferences.model_path(context)
-            row = box.row()
             if path:
-                row.label(text=bpy.path.basename(path), icon="FILE")
+                layout.label(text=os.path.basename(path), icon="FILE")
+                if prefs is not None:
+                    preferences.draw_model_summary(layout, prefs)
+                layout.operator("faceforge.validate_model", icon="CHECKMARK")
             else:
-                row.alert = True
-                row.label(text="No model file set", icon="ERROR")
-            op = box.operator("preferences.addon_show", text="Set Model File…", icon="PREFERENCES")
+                _hint(layout, "No model file set: choose a FLAME .pkl or FaceForge .npz in the preferences",
+                      icon="ERROR", alert=True)
+            op = layout.operator("preferences.addon_show", text="Set Model File…", icon="PREFERENCES")
             op.module = preferences.ADDON_ID
-        prefs = preferences.get_prefs(context)
+        else:
+            layout.label(text="468 vertices, ready to use", icon="CHECKMARK")
         if prefs is not None:
-            box.prop(prefs, "device")
+            layout.prop(prefs, "device")
 
-        # 2. Input
-        box = _section(layout, "2. Input", "IMAGE_DATA")
-        box.prop(settings, "photo_path", text="")
 
-        # 3. Reconstruct
-        box = _section(layout, "3. Reconstruct", "SHADERFX")
-        op = box.operator("faceforge.reconstruct_photo", icon="USER")
+class FACEFORGE_PT_input(_Step, bpy.types.Panel):
+    bl_idname = "FACEFORGE_PT_input"
+    bl_label = "2. Input"
+
+    def draw_header(self, context):
+        self.layout.label(icon="IMAGE_DATA")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.prop(context.scene.faceforge, "photo_path", text="Photo")
+        row = layout.row()
+        row.enabled = False
+        row.label(text="Video: coming with Track Video", icon="FILE_MOVIE")
+
+
+class FACEFORGE_PT_reconstruct(_Step, bpy.types.Panel):
+    bl_idname = "FACEFORGE_PT_reconstruct"
+    bl_label = "3. Reconstruct"
+
+    def draw_header(self, context):
+        self.layout.label(icon="USER")
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.faceforge
+        col = layout.column()
+        col.scale_y = 1.5
+        col.enabled = bool(settings.photo_path)
+        op = col.operator("faceforge.reconstruct_photo", icon="USER")
         op.filepath = settings.photo_path
-        if settings.status:
-            box.label(text=settings.status, icon="INFO")
-        if settings.last_error:
-            col = box.column(align=True)
-            col.alert = True
-            col.label(text="Failed:", icon="ERROR")
-            for line in _wrap(settings.last_error, 40):
-                col.label(text=line)
+        if not settings.photo_path:
+            _hint(layout, "Choose a photo in 2. Input")
+        elif dependencies.missing():
+            _hint(layout, "Install the missing Python packages first (see above)", icon="ERROR")
+        elif runner.active_job() is not None:
+            _hint(layout, "Another FaceForge job is running", icon="SORTTIME")
+        head = find_head(context)
+        row = layout.row()
+        row.enabled = head is not None and camera_of(head) is not None
+        row.operator("faceforge.view_photo_camera", icon="VIEW_CAMERA")
+        row = layout.row()
+        row.enabled = False
+        row.label(text="Track Video: coming", icon="TRACKER")
 
-        # 4. Export
-        box = _section(layout, "4. Export", "EXPORT")
+
+class FACEFORGE_PT_rig(_Step, bpy.types.Panel):
+    bl_idname = "FACEFORGE_PT_rig"
+    bl_label = "4. Rig"
+
+    def draw_header(self, context):
+        self.layout.label(icon="ARMATURE_DATA")
+
+    def draw(self, context):
+        layout = self.layout
         head = find_head(context)
         if head is None:
-            box.label(text="Reconstruct a head first")
+            _hint(layout, "Reconstruct a head first")
+            return
+        layout.label(text=f"{head.name}: {len(head.data.vertices)} vertices", icon="OBJECT_DATA")
+        keys = head.data.shape_keys
+        if keys is not None and len(keys.key_blocks) > 1:
+            layout.label(text=f"{len(keys.key_blocks) - 1} expression shape keys", icon="SHAPEKEY_DATA")
+            layout.template_list("MESH_UL_shape_keys", "faceforge", keys, "key_blocks",
+                                 head, "active_shape_key_index", rows=4)
+        rig = rig_of(head)
+        if rig is not None:
+            layout.label(text=f"{rig.name}: {len(rig.data.bones)} bones", icon="BONE_DATA")
         else:
-            box.label(text=head.name, icon="OBJECT_DATA")
-        col = box.column(align=True)
+            layout.label(text="No bones in this model", icon="BONE_DATA")
+
+
+class FACEFORGE_PT_stylize(_Step, bpy.types.Panel):
+    bl_idname = "FACEFORGE_PT_stylize"
+    bl_label = "5. Stylize"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw_header(self, context):
+        self.layout.label(icon="BRUSH_DATA")
+
+    def draw(self, context):
+        layout = self.layout
+        col = layout.column()
+        col.enabled = False
+        col.label(text="Text-guided stylization: coming", icon="OUTLINER_OB_FONT")
+        prefs = preferences.get_prefs(context)
+        if prefs is not None and prefs.clip_checkpoint:
+            layout.label(text=f"CLIP: {os.path.basename(prefs.clip_checkpoint)}", icon="CHECKMARK")
+        else:
+            layout.label(text="It will use the CLIP checkpoint set in the preferences", icon="INFO")
+
+
+class FACEFORGE_PT_export(_Step, bpy.types.Panel):
+    bl_idname = "FACEFORGE_PT_export"
+    bl_label = "6. Export"
+
+    def draw_header(self, context):
+        self.layout.label(icon="EXPORT")
+
+    def draw(self, context):
+        layout = self.layout
+        head = find_head(context)
+        if head is None:
+            _hint(layout, "Reconstruct a head first")
+        else:
+            layout.label(text=head.name, icon="OBJECT_DATA")
+        col = layout.column(align=True)
         col.enabled = head is not None
         col.operator("faceforge.export_fbx", icon="ARMATURE_DATA")
         col.operator("faceforge.export_gltf", icon="FILE_3D")
 
 
-def _wrap(text: str, width: int) -> list:
-    import textwrap
-    return textwrap.wrap(text, width) or [""]
-
-
-CLASSES = (FACEFORGE_PT_main,)
+CLASSES = (FACEFORGE_PT_main, FACEFORGE_PT_model, FACEFORGE_PT_input, FACEFORGE_PT_reconstruct,
+           FACEFORGE_PT_rig, FACEFORGE_PT_stylize, FACEFORGE_PT_export)

@@ -1,0 +1,141 @@
+"""Real Blender: Debian's Blender 3.4 with a window under Xvfb, and its --background CLI route.
+
+The GUI case installs the built legacy zip through Blender's own add-on operators, opens the
+FaceForge tab, clicks Reconstruct on the astronaut (the background job + modal progress path),
+cancels a run with Esc, lets a second one finish, views through the photo camera and takes
+screenshots (kept in out/screens/). Driver: tools/gui_screenshot.py.
+
+Blender and Xvfb come from apt (`./run test` installs them when it runs as root); these cases
+skip only when they are missing and cannot be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENS = ROOT / "out" / "screens"
+
+pytestmark = [pytest.mark.blender, pytest.mark.slow]
+
+
+def _have(*tools) -> bool:
+    return all(shutil.which(t) for t in tools)
+
+
+def _try_install() -> str:
+    """apt-get the GUI tools when we are root on Debian (idempotent; quick when present)."""
+    if _have("blender", "xvfb-run", "xauth"):
+        return ""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "blender / xvfb-run / xauth not found, and not root with apt-get to install them"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "blender", "xvfb", "xauth"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if r.returncode != 0:
+            return f"could not install blender/xvfb with apt-get: {r.stderr[-500:]}"
+    return "" if _have("blender", "xvfb-run", "xauth") else "apt-get ran but blender/xvfb-run are still missing"
+
+
+@pytest.fixture(scope="module")
+def blender_env(tmp_path_factory):
+    reason = _try_install()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("blender")
+    for d in ("config", "scripts", "tmp"):
+        (base / d).mkdir()
+    env = dict(os.environ)
+    # Debian's Blender runs the system Python 3.11: the venv's packages give it torch, mediapipe, cv2
+    env.update(PYTHONPATH=sysconfig.get_paths()["purelib"], TMPDIR=str(base / "tmp"),
+               BLENDER_USER_CONFIG=str(base / "config"), BLENDER_USER_SCRIPTS=str(base / "scripts"))
+    return env, base
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    import imageio.v3 as iio
+    import skimage.data
+    p = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    iio.imwrite(p, skimage.data.astronaut())
+    return p
+
+
+@pytest.fixture(scope="module")
+def legacy_zip(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    r = subprocess.run([sys.executable, str(ROOT / "build_addon.py"), "--out", str(out)], capture_output=True,
+                       text=True, timeout=180, cwd=str(ROOT))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return next(out.glob("faceforge-*-legacy.zip"))
+
+
+def _image_stats(path: Path):
+    import imageio.v3 as iio
+    import numpy as np
+    img = iio.imread(path)
+    return img.shape, float(np.asarray(img[..., :3], dtype=np.float32).std())
+
+
+def test_gui_install_reconstruct_cancel_screenshot(blender_env, legacy_zip, photo):
+    env, base = blender_env
+    out = base / "screens"
+    cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x900x24",
+           "blender", "--factory-startup", "--enable-event-simulate", "--window-geometry", "0", "0", "1600", "900",
+           "--python", str(ROOT / "tools" / "gui_screenshot.py"), "--",
+           "--zip", str(legacy_zip), "--photo", str(photo), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=420, cwd=str(base))
+    log = (r.stdout + r.stderr)[-4000:]
+    result_file = out / "result.json"
+    assert result_file.is_file(), f"exit {r.returncode}\n{log}"
+    res = json.loads(result_file.read_text())
+    SCREENS.mkdir(parents=True, exist_ok=True)           # keep the artefacts, pass or fail
+    for f in out.iterdir():
+        shutil.copy2(f, SCREENS / f.name)
+    assert r.returncode == 0 and not res["errors"], f"{res['errors']}\n{log}"
+
+    assert res["blender"].startswith("3.4")
+    assert res["installed"] and res["registered"]
+    assert Path(res["addon_file"]).is_relative_to(base / "scripts")          # the installed zip, not the repo
+    assert res["sidebar_category"].startswith("FaceForge")
+    # Esc during a run: cancelled promptly, nothing changed
+    assert res["cancel_run_invoke"] == ["RUNNING_MODAL"] and res["cancel_via"] == "esc"
+    assert res["cancel_state"] == "CANCELLED" and res["unchanged_after_cancel"] and res["cancel_seconds"] < 5
+    # the full run: modal (Blender kept handling events), progress seen, head built
+    assert res["invoke"] == ["RUNNING_MODAL"] and res["ui_polls_while_running"] >= 5
+    assert res["max_fraction_seen"] > 0.2
+    assert res["operator_state"] == "FINISHED" and res["object_exists"]
+    assert res["vertices"] == 468 and res["shape_keys"] == 24
+    assert res["view_camera"] == ["FINISHED"] and res["undo_removes_head"]
+    for name in ("progress", "result"):
+        png = Path(res["screens"][name])
+        assert png.is_file(), name
+        shape, spread = _image_stats(png)
+        assert shape[:2] == (900, 1600) and spread > 20, (name, shape, spread)     # a real frame, not blank
+        assert (SCREENS / png.name).is_file()
+
+
+def test_headless_blender_cli(blender_env, photo, tmp_path):
+    """blender -b --python blender_addon/cli.py -- ...: help, exit codes, progress lines, files."""
+    env, _ = blender_env
+    base = ["blender", "-b", "--factory-startup", "--python", str(ROOT / "blender_addon" / "cli.py"), "--"]
+    r = subprocess.run(base + ["--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "reconstruct" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run(base + ["reconstruct", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "x.fbx")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "faceforge: error: The photo" in r.stderr
+    fbx = tmp_path / "head.fbx"
+    r = subprocess.run(base + ["reconstruct", str(photo), "--out", str(fbx), "--device", "cpu"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "FaceForge: fitting landmarks" in r.stdout and "FaceForge: done 100%" in r.stdout
+    assert fbx.is_file() and fbx.stat().st_size > 50_000

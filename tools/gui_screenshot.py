@@ -1,0 +1,288 @@
+"""Drive a real Blender window like a user would, and take screenshots (the GUI test's driver).
+
+    xvfb-run -a -s "-screen 0 1600x900x24" blender --factory-startup --enable-event-simulate \\
+        --window-geometry 0 0 1600 900 --python tools/gui_screenshot.py -- \\
+        --zip dist/faceforge-0.1.0-legacy.zip --photo astronaut.png --out out/screens
+
+Steps (each on a bpy.app.timers tick, so the window keeps drawing in between):
+ 1. install + enable the built legacy zip through Blender's own add-on operators;
+ 2. open the 3D view's sidebar on the FaceForge tab, set the photo in the panel;
+ 3. click Reconstruct (INVOKE: the background job + modal progress path), screenshot the progress
+    bar, press Esc (a simulated key event) and check the scene did not change;
+ 4. click Reconstruct again and let it finish; view through the photo camera, screenshot;
+ 5. undo once and check the head is gone (one undo step); write result.json and quit.
+Everything it saw goes to result.json; the test asserts on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import faulthandler
+
+import bpy
+
+faulthandler.enable(all_threads=True)   # a crash prints every thread's Python stack into the log
+
+ARGS = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+
+
+def _arg(name: str, default=None):
+    return ARGS[ARGS.index(name) + 1] if name in ARGS else default
+
+
+ZIP, PHOTO, OUT = _arg("--zip"), _arg("--photo"), _arg("--out", "out/screens")
+TIMEOUT_S = float(_arg("--timeout", "240"))
+os.makedirs(OUT, exist_ok=True)
+RESULT = {"blender": bpy.app.version_string, "steps": [], "errors": []}
+T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    RESULT["steps"].append(f"{time.monotonic() - T0:6.1f}s {msg}")
+    print(f"[gui] {msg}", flush=True)
+
+
+def finish(code: int = 0) -> None:
+    RESULT["elapsed_s"] = round(time.monotonic() - T0, 1)
+    with open(os.path.join(OUT, "result.json"), "w") as f:
+        json.dump(RESULT, f, indent=1)
+    log(f"done (exit {code})")
+    sys.stdout.flush()
+    os._exit(code)   # torch + bpy can hang in exit handlers; everything is written already
+
+
+def window_area(kind="VIEW_3D"):
+    win = bpy.context.window_manager.windows[0]
+    area = next(a for a in win.screen.areas if a.type == kind)
+    region = next(r for r in area.regions if r.type == "WINDOW")
+    return win, area, region
+
+
+def override(kind="VIEW_3D", region_type="WINDOW"):
+    win, area, _ = window_area(kind)
+    region = next(r for r in area.regions if r.type == region_type)
+    return bpy.context.temp_override(window=win, screen=win.screen, area=area, region=region)
+
+
+def screenshot(name: str) -> str:
+    path = os.path.abspath(os.path.join(OUT, name))
+    win, area, _ = window_area()
+    with bpy.context.temp_override(window=win, screen=win.screen, area=area):
+        bpy.ops.screen.screenshot(filepath=path)
+    log(f"screenshot {path} ({os.path.getsize(path) if os.path.exists(path) else 0} bytes)")
+    return path
+
+
+def datablock_names() -> dict:
+    kinds = ("objects", "meshes", "materials", "cameras", "armatures", "images", "collections", "shape_keys")
+    return {k: sorted(i.name for i in getattr(bpy.data, k)) for k in kinds}
+
+
+def job():
+    return bpy.context.window_manager.faceforge_job
+
+
+def hold_worker_at(fraction: float):
+    """Pause the running job's worker at its first progress report >= ``fraction`` (through the
+    Progress callback hook of core.jobs) until the returned ``gate`` is set.
+
+    Blender 3.4's screen.screenshot redraws the window inside the operator; doing that while the
+    worker computes crashed Blender now and then (never seen with ordinary redraws), so the
+    mid-run screenshot is taken while the worker waits."""
+    import threading
+    gate, at_gate = threading.Event(), threading.Event()
+    runner = sys.modules["faceforge.runner"]
+    progress = runner.active_job().progress
+
+    def hold(stage, value):
+        if value >= fraction and not gate.is_set():
+            at_gate.set()
+            gate.wait(60)
+
+    progress._callback = hold
+    return gate, at_gate
+
+
+def press_escape() -> str:
+    """A real Esc key event through the window's event queue (needs --enable-event-simulate)."""
+    win, _, region = window_area()
+    x, y = region.x + region.width // 2, region.y + region.height // 2
+    try:
+        win.event_simulate(type="MOUSEMOVE", value="NOTHING", x=x, y=y)
+        win.event_simulate(type="ESC", value="PRESS", x=x, y=y)
+        win.event_simulate(type="ESC", value="RELEASE", x=x, y=y)
+        return "esc"
+    except Exception as e:  # noqa: BLE001 - Blender started without --enable-event-simulate
+        log(f"event_simulate unavailable ({e}); using the panel's Cancel button operator")
+        with override("VIEW_3D", "UI"):
+            bpy.ops.faceforge.cancel_job()
+        return "cancel_button"
+
+
+# ----------------------------------------------------------------------------- the steps
+def run_steps():
+    """A generator: each ``yield seconds`` waits that long (the UI redraws meanwhile)."""
+    prefs = bpy.context.preferences
+    prefs.view.show_splash = False
+    yield 0.5
+
+    # 1. install + enable the built zip
+    r1 = bpy.ops.preferences.addon_install(filepath=os.path.abspath(ZIP), overwrite=True)
+    r2 = bpy.ops.preferences.addon_enable(module="faceforge")
+    mod = sys.modules.get("faceforge")
+    RESULT["installed"] = r1 == {"FINISHED"} and r2 == {"FINISHED"} and mod is not None
+    RESULT["addon_file"] = getattr(mod, "__file__", None)
+    RESULT["registered"] = hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo")
+    log(f"installed {ZIP}: {RESULT['installed']} from {RESULT['addon_file']}")
+
+    # 2. a clean scene (the startup cube would hide the head), sidebar on the FaceForge tab
+    cube = bpy.data.objects.get("Cube")
+    if cube is not None:
+        bpy.data.objects.remove(cube)
+        with override():
+            bpy.ops.ed.undo_push(message="Delete cube")
+    bpy.context.scene.faceforge.photo_path = os.path.abspath(PHOTO)
+    win, area, _ = window_area()
+    space = area.spaces.active
+    space.show_region_ui = True
+    space.shading.type = "SOLID"
+    space.shading.color_type = "VERTEX"        # the head's fitted skin colours
+    yield 0.5
+    RESULT["sidebar_category"] = yield from show_faceforge_tab(area)
+    log(f"sidebar tab: {RESULT['sidebar_category']}")
+
+    # 3. Reconstruct, then Esc while it runs: nothing may change
+    before = datablock_names()
+    with override("VIEW_3D", "UI"):
+        r = bpy.ops.faceforge.reconstruct_photo("INVOKE_DEFAULT", filepath=os.path.abspath(PHOTO))
+    RESULT["cancel_run_invoke"] = sorted(r)
+    log(f"reconstruct invoked: {r}, running={job().running}")
+    yield 1.0
+    RESULT["cancel_run_stage"] = job().stage
+    RESULT["cancel_via"] = press_escape()
+    t = time.monotonic()
+    while job().running and time.monotonic() - t < 30:
+        yield 0.1
+    RESULT["cancel_seconds"] = round(time.monotonic() - t, 2)
+    RESULT["cancel_state"] = job().last_state
+    RESULT["cancel_message"] = job().last_message
+    RESULT["unchanged_after_cancel"] = datablock_names() == before
+    log(f"after Esc: {job().last_state} in {RESULT['cancel_seconds']} s ({job().last_message})")
+
+    # 4. Reconstruct to the end; screenshot the progress bar on the way
+    with override("VIEW_3D", "UI"):
+        r = bpy.ops.faceforge.reconstruct_photo("INVOKE_DEFAULT", filepath=os.path.abspath(PHOTO))
+    RESULT["invoke"] = sorted(r)
+    gate, at_gate = hold_worker_at(0.2)
+    t, max_fraction, polls, stages = time.monotonic(), 0.0, 0, []
+    RESULT["screens"] = {}
+    while job().running and time.monotonic() - t < TIMEOUT_S:
+        max_fraction = max(max_fraction, job().fraction)
+        if not stages or stages[-1][1] != job().stage:
+            stages.append((round(time.monotonic() - t, 1), job().stage))
+        if at_gate.is_set() and not gate.is_set():
+            yield 0.3                                   # the bar and status bar show the held stage
+            RESULT["progress_text"] = job().text
+            RESULT["screens"]["progress"] = screenshot("faceforge_progress.png")
+            gate.set()
+        polls += 1
+        yield 0.1
+    gate.set()
+    RESULT["stages"] = stages
+    torch = sys.modules.get("torch")
+    RESULT["torch_threads"] = torch.get_num_threads() if torch else None
+    RESULT["run_seconds"] = round(time.monotonic() - t, 1)
+    RESULT["max_fraction_seen"] = round(max_fraction, 3)
+    RESULT["ui_polls_while_running"] = polls      # the UI kept ticking: Blender was not frozen
+    RESULT["operator_state"] = job().last_state
+    RESULT["operator_message"] = job().last_message
+    head = next((o for o in bpy.data.objects if o.get("faceforge_head")), None)
+    RESULT["object_exists"] = head is not None
+    RESULT["head_name"] = head.name if head else None
+    RESULT["vertices"] = len(head.data.vertices) if head else 0
+    RESULT["shape_keys"] = len(head.data.shape_keys.key_blocks) - 1 if head and head.data.shape_keys else 0
+    log(f"finished: {RESULT['operator_state']} {RESULT['operator_message']}")
+    if head is None:
+        RESULT["errors"].append("no head after the run")
+        finish(1)
+
+    with override():
+        RESULT["view_camera"] = sorted(bpy.ops.faceforge.view_photo_camera())
+    yield 1.5   # let the viewport and sidebar redraw
+    RESULT["screens"]["result"] = screenshot("faceforge_result.png")
+
+    # 5. one undo step removes the whole head
+    with override():
+        bpy.ops.ed.undo()
+    yield 0.5
+    RESULT["undo_removes_head"] = not any(o.get("faceforge_head") for o in bpy.data.objects)
+    log(f"undo removes the head: {RESULT['undo_removes_head']}")
+    finish(0)
+
+
+def show_faceforge_tab(area):
+    """Make FaceForge the sidebar's active tab, like a user clicking it.
+
+    Blender 4.1+ has Region.active_panel_category; 3.x has no API for it, so click down the tab
+    strip (the sidebar's right edge) until the FaceForge panel reports that it drew."""
+    region = next(r for r in area.regions if r.type == "UI")
+    if hasattr(region, "active_panel_category"):
+        region.active_panel_category = "FaceForge"
+        yield 0.3
+        return region.active_panel_category
+    drawn = []
+
+    def mark(_panel, _context):
+        drawn.append(time.monotonic())
+
+    panel = bpy.types.FACEFORGE_PT_main
+    panel.append(mark)
+    try:
+        yield 0.3
+        if drawn:
+            return "FaceForge (already active)"
+        win = bpy.context.window_manager.windows[0]
+        scale = bpy.context.preferences.system.ui_scale
+        x = region.x + region.width - int(10 * scale)
+        for y in range(region.y + region.height - int(10 * scale), region.y, -int(12 * scale)):
+            win.event_simulate(type="MOUSEMOVE", value="NOTHING", x=x, y=y)
+            win.event_simulate(type="LEFTMOUSE", value="PRESS", x=x, y=y)
+            win.event_simulate(type="LEFTMOUSE", value="RELEASE", x=x, y=y)
+            del drawn[:]
+            region.tag_redraw()
+            yield 0.25
+            if drawn:
+                log(f"FaceForge tab clicked at ({x}, {y})")
+                return "FaceForge (tab clicked)"
+        return "not found"
+    finally:
+        panel.remove(mark)
+
+
+_steps = None
+
+
+def _tick():
+    global _steps
+    try:
+        if _steps is None:
+            _steps = run_steps()
+        wait = next(_steps)
+        if time.monotonic() - T0 > TIMEOUT_S + 120:
+            RESULT["errors"].append("timed out")
+            finish(1)
+        return wait
+    except StopIteration:
+        return None
+    except Exception:  # noqa: BLE001
+        RESULT["errors"].append(traceback.format_exc())
+        print(traceback.format_exc(), flush=True)
+        finish(1)
+
+
+bpy.app.timers.register(_tick, first_interval=2.0)
