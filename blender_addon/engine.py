@@ -109,39 +109,9 @@ def share_cpu_with_blender() -> None:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 2)))
 
 
-class _NoTriton:
-    """Meta-path hook: ``import triton`` raises ImportError (which torch handles: no torch.compile),
-    while ``find_spec("triton")`` still answers, as torch.cuda's lazy init expects."""
-
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name == "triton" or name.startswith("triton."):
-            return importlib.util.spec_from_loader(name, _NoTriton)
-        return None
-
-    @staticmethod
-    def create_module(spec):
-        return None
-
-    @staticmethod
-    def exec_module(module):
-        raise ImportError("triton is kept out of this process by FaceForge (FACEFORGE_ALLOW_TRITON=1 allows it)")
-
-
 def block_triton() -> bool:
-    """Keep torch from loading triton (call before torch first tries to).
-
-    torch imports triton lazily (torch._dynamo, pulled in e.g. when an optimizer is built).
-    libtriton bundles its own LLVM and crashes the process (segfault) when Mesa's LLVM is
-    already loaded: Blender's GUI on llvmpipe / radeonsi, or mediapipe's EGL context whenever
-    a display is available. FaceForge never uses torch.compile, so nothing is lost.
-    FACEFORGE_ALLOW_TRITON=1 keeps triton importable."""
-    import os
-    if os.environ.get("FACEFORGE_ALLOW_TRITON") == "1" or "triton" in sys.modules:
-        return False
-    if not any(f is _NoTriton for f in sys.meta_path):
-        sys.meta_path.insert(0, _NoTriton)
-    return True
+    """Keep torch from loading triton (its LLVM crashes next to Mesa's): see core/triton_guard.py."""
+    return importlib.import_module(f"{core.__name__}.triton_guard").block_triton()
 
 
 def _ensure_errors():
