@@ -79,9 +79,9 @@ def closest_points_on_triangles(points: np.ndarray, tri: np.ndarray) -> np.ndarr
     return out
 
 
-def point_to_surface_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
-                              candidates: int = 16) -> np.ndarray:
-    """Distance from each point to the mesh surface (checks the ``candidates`` nearest triangles)."""
+def closest_surface_points(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, candidates: int = 16):
+    """For each point: the closest point on the mesh (among the ``candidates`` triangles with the
+    nearest centroids), as (triangle index (N,), barycentrics (N, 3), distance (N,))."""
     centroids = vertices[faces].mean(1)
     d2 = ((points[:, None, :] - centroids[None]) ** 2).sum(-1)
     near = np.argsort(d2, 1)[:, :candidates]                         # (N, C)
@@ -89,4 +89,26 @@ def point_to_surface_distance(points: np.ndarray, vertices: np.ndarray, faces: n
     tri = vertices[faces[near.reshape(-1)]]                          # (N*C, 3, 3)
     q = np.repeat(points, C, axis=0)
     cp = closest_points_on_triangles(q, tri)
-    return np.sqrt(((cp - q) ** 2).sum(1)).reshape(N, C).min(1)
+    dist = np.sqrt(((cp - q) ** 2).sum(1)).reshape(N, C)
+    best = dist.argmin(1)
+    rows = np.arange(N) * C + best
+    face_index = near[np.arange(N), best]
+    return face_index, barycentric(cp[rows], tri[rows]), dist[np.arange(N), best]
+
+
+def barycentric(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates (N, 3) of points ``p`` (N, 3) lying on triangles ``tri`` (N, 3, 3)."""
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    v0, v1, v2 = b - a, c - a, p - a
+    d00, d01, d11 = (v0 * v0).sum(1), (v0 * v1).sum(1), (v1 * v1).sum(1)
+    d20, d21 = (v2 * v0).sum(1), (v2 * v1).sum(1)
+    den = np.where(np.abs(d00 * d11 - d01 * d01) < 1e-30, 1e-30, d00 * d11 - d01 * d01)
+    v = (d11 * d20 - d01 * d21) / den
+    w = (d00 * d21 - d01 * d20) / den
+    return np.clip(np.stack([1 - v - w, v, w], 1), 0, 1).astype(np.float32)
+
+
+def point_to_surface_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
+                              candidates: int = 16) -> np.ndarray:
+    """Distance from each point to the mesh surface (checks the ``candidates`` nearest triangles)."""
+    return closest_surface_points(points, vertices, faces, candidates)[2]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError, NoFaceError
+from ..geometry import closest_surface_points
 from .morphable import LandmarkEmbedding, MorphableModel
 
 SKIN = np.array([0.78, 0.60, 0.50], np.float32)
@@ -68,54 +69,6 @@ def _lift(model, img, frags, cam, points_px, size):
     return out
 
 
-def closest_surface_points(vertices, faces, points, candidates: int = 24):
-    """(face index, barycentrics) of the closest surface point to each query point."""
-    centroids = vertices[faces].mean(1)
-    face_index = np.zeros(len(points), np.int64)
-    bary = np.zeros((len(points), 3), np.float32)
-    for i, q in enumerate(points):
-        cand = np.argsort(((centroids - q) ** 2).sum(1))[:candidates]
-        best = (np.inf, 0, None)
-        for f in cand:
-            b = _closest_on_triangle(q, *vertices[faces[f]])
-            d = ((b @ vertices[faces[f]] - q) ** 2).sum()
-            if d < best[0]:
-                best = (d, f, b)
-        face_index[i], bary[i] = best[1], best[2]
-    return face_index, bary
-
-
-def _closest_on_triangle(p, a, b, c):
-    """Barycentrics of the point of triangle abc closest to p (Ericson, Real-Time Collision Detection)."""
-    ab, ac, ap = b - a, c - a, p - a
-    d1, d2 = ab @ ap, ac @ ap
-    if d1 <= 0 and d2 <= 0:
-        return np.array([1.0, 0, 0])
-    bp = p - b
-    d3, d4 = ab @ bp, ac @ bp
-    if d3 >= 0 and d4 <= d3:
-        return np.array([0, 1.0, 0])
-    vc = d1 * d4 - d3 * d2
-    if vc <= 0 and d1 >= 0 and d3 <= 0:
-        v = d1 / (d1 - d3)
-        return np.array([1 - v, v, 0])
-    cp = p - c
-    d5, d6 = ab @ cp, ac @ cp
-    if d6 >= 0 and d5 <= d6:
-        return np.array([0, 0, 1.0])
-    vb = d5 * d2 - d1 * d6
-    if vb <= 0 and d2 >= 0 and d6 <= 0:
-        w = d2 / (d2 - d6)
-        return np.array([1 - w, 0, w])
-    va = d3 * d6 - d5 * d4
-    if va <= 0 and (d4 - d3) >= 0 and (d5 - d6) >= 0:
-        w = (d4 - d3) / ((d4 - d3) + (d5 - d6))
-        return np.array([0, 1 - w, w])
-    denom = 1.0 / (va + vb + vc)
-    v, w = vb * denom, vc * denom
-    return np.array([1 - v - w, v, w])
-
-
 def find_landmark_embedding(model: MorphableModel, size: int = 640, device="cpu",
                             yaws=(-12.0, 0.0, 12.0)) -> LandmarkEmbedding:
     """Detector-point -> surface embedding for ``model``; raises ModelFileError if it cannot.
@@ -153,7 +106,7 @@ def find_landmark_embedding(model: MorphableModel, size: int = 640, device="cpu"
             "renders of its template. FaceForge expects metres, y up and the face looking along +z; "
             "check the model's axes, or give the landmark embedding in a FaceForge .npz.")
     median = np.median(np.stack(lifted), 0)
-    face_index, bary = closest_surface_points(model.v_template.astype(np.float64), model.faces, median)
+    face_index, bary, _ = closest_surface_points(median, model.v_template.astype(np.float64), model.faces, 24)
     return LandmarkEmbedding(np.arange(n), face_index, bary, method=f"render-detect x{len(lifted)}")
 
 
