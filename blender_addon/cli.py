@@ -8,6 +8,9 @@ With Blender as a Python module (``pip install bpy``), as the ``faceforge`` cons
 (``pip install -e .`` maps this file to ``faceforge.cli``) or by path::
 
     faceforge reconstruct photo.jpg --out head.fbx --glb head.glb --blend head.blend
+    faceforge reconstruct-photos front.jpg left.jpg right.jpg --out head.fbx --texture-size 2048
+    faceforge track clip.mp4 --out head.fbx --glb head.glb --start 0 --end 240 --track-file clip.fftrack.npz
+    faceforge import-track clip.fftrack.npz --out head.fbx
     python blender_addon/cli.py reconstruct photo.jpg --out head.fbx
     faceforge model-info generic_model.pkl
 
@@ -42,7 +45,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="FaceForge without the Blender UI: photos become rigged heads.",
+    parser = _Parser(prog=PROG, description="FaceForge without the Blender UI: photos and videos become rigged "
+                                            "(animated) heads.",
                      epilog="Inside Blender: blender -b --python cli.py -- reconstruct photo.jpg --out head.fbx")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -56,11 +60,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'builtin' (default) or a FLAME .pkl / FaceForge .npz model file")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
     r.add_argument("--report-dir", metavar="DIR", help="also write params.json and overlay.png here")
+    p = sub.add_parser("reconstruct-photos", help="fit one textured head to several photos of one person",
+                       description="Fit one head to several photos of the same person (files or a folder): shared "
+                                   "identity, a skin texture baked from all photos, a camera per photo.")
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos of one person, or one folder of photos")
+    _add_outputs(p, "the textured rig (mesh, UVs + texture, shape keys, armature)")
+    p.add_argument("--texture-size", type=int, default=1024, choices=(256, 512, 1024, 2048, 4096),
+                   help="skin texture size in pixels (default 1024)")
+    _add_engine_args(p)
+    t = sub.add_parser("track", help="track a video and export the animated head",
+                       description="Track the face through a video (or a folder of frames): one identity, "
+                                   "expressions and head motion on every frame; export the animated rig.")
+    t.add_argument("video", help="video file (mp4, mov, avi, mkv, ...) or a folder of frames")
+    _add_outputs(t, "the animated rig (mesh, shape keys + their animation, armature + its motion)")
+    t.add_argument("--start", type=int, default=0, metavar="N", help="first clip frame to track (from 0; default 0)")
+    t.add_argument("--end", type=int, default=0, metavar="M",
+                   help="clip frame to stop before (exclusive); 0 = to the end of the clip (default)")
+    t.add_argument("--refine", action="store_true", help="photometric refinement on every frame (slower)")
+    t.add_argument("--track-file", metavar="CLIP.fftrack.npz",
+                   help="save the track here (re-import with import-track); a number is added if it exists")
+    _add_engine_args(t)
+    i = sub.add_parser("import-track", help="build the animated head from a saved track (no re-tracking)",
+                       description="Build the animated head from a .fftrack.npz written by 'track' or the add-on, "
+                                   "and export it.")
+    i.add_argument("track", help="a .fftrack.npz track file")
+    _add_outputs(i, "the animated rig")
+    i.add_argument("--model", default="", help="the track's own model by default; else 'builtin' or a model file")
     m = sub.add_parser("model-info", help="load a model file and print its size (what the Validate button does)",
                        description="Load a FLAME .pkl or FaceForge .npz model (finding its landmarks) and print "
                                    "its vertices, identity / expression sizes and joints.")
     m.add_argument("model", help="'builtin' or a model file")
     return parser
+
+
+def _add_outputs(p, what: str) -> None:
+    p.add_argument("--out", metavar="HEAD.fbx", help=f"write an FBX: {what}")
+    p.add_argument("--glb", metavar="HEAD.glb", help="write a binary glTF (morph targets, skin, animation if any)")
+    p.add_argument("--blend", metavar="HEAD.blend", help="save the scene as a .blend file")
+
+
+def _add_engine_args(p) -> None:
+    p.add_argument("--model", default="builtin",
+                   help="'builtin' (default) or a FLAME .pkl / FaceForge .npz model file")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
 
 
 def script_argv(argv=None) -> list:
@@ -112,28 +154,31 @@ def _clear_startup_scene(bpy) -> None:
         bpy.data.batch_remove(ids)
 
 
-def reconstruct(args, parser) -> int:
-    import bpy
-    photo = os.path.abspath(args.photo)
-    outputs = [p for p in (args.out, args.glb, args.blend, args.report_dir) if p]
-    if not outputs:
-        parser.error("nothing to write: give --out, --glb, --blend and/or --report-dir")
+def _check_outputs(parser, args, extra=()) -> None:
+    if not [p for p in (args.out, args.glb, args.blend, *extra) if p]:
+        parser.error("nothing to write: give " + ("--out, --glb, --blend and/or --report-dir" if extra
+                                                  else "--out, --glb and/or --blend"))
     _check_ext(parser, args.out, ".fbx", "--out")
     _check_ext(parser, args.glb, ".glb", "--glb")
     _check_ext(parser, args.blend, ".blend", "--blend")
-    model = args.model if args.model == "builtin" else os.path.abspath(args.model)
 
-    register_addon()
-    _clear_startup_scene(bpy)
-    print(f"FaceForge: reconstructing {photo} (model {args.model}, device {args.device})", flush=True)
+
+def _model_arg(model: str) -> str:
+    return model if model in ("", "builtin") else os.path.abspath(model)
+
+
+def _run_operator(bpy, call) -> bool:
+    """Run a FaceForge operator (EXEC: inline, progress lines); False after printing its error."""
     try:
-        # EXEC: the job runs inline (synchronously) and prints progress lines
-        bpy.ops.faceforge.reconstruct_photo(filepath=photo, model=model, device=args.device.upper(),
-                                            output_dir=os.path.abspath(args.report_dir) if args.report_dir else "")
+        call()
     except RuntimeError as e:
         print(f"{PROG}: error: {_op_error(e)}", file=sys.stderr)
-        return EXIT_ERROR
+        return False
     print(f"FaceForge: {bpy.context.window_manager.faceforge_job.last_message}", flush=True)
+    return True
+
+
+def _write_outputs(bpy, args, extra_files=()) -> int:
     written = []
     try:
         if args.out:
@@ -152,14 +197,81 @@ def reconstruct(args, parser) -> int:
     except RuntimeError as e:
         print(f"{PROG}: error: {_op_error(e)}", file=sys.stderr)
         return EXIT_ERROR
-    if args.report_dir:
-        for name in ("params.json", "overlay.png"):
-            p = os.path.join(os.path.abspath(args.report_dir), name)
-            if os.path.isfile(p):
-                written.append(p)
+    written += [p for p in extra_files if p and os.path.isfile(p)]
     for path in written:
         print(f"FaceForge: wrote {path} ({_size(path)})", flush=True)
     return EXIT_OK
+
+
+def reconstruct(args, parser) -> int:
+    import bpy
+    photo = os.path.abspath(args.photo)
+    _check_outputs(parser, args, extra=(args.report_dir,))
+    register_addon()
+    _clear_startup_scene(bpy)
+    print(f"FaceForge: reconstructing {photo} (model {args.model}, device {args.device})", flush=True)
+    report_dir = os.path.abspath(args.report_dir) if args.report_dir else ""
+    # EXEC: the job runs inline (synchronously) and prints progress lines
+    if not _run_operator(bpy, lambda: bpy.ops.faceforge.reconstruct_photo(
+            filepath=photo, model=_model_arg(args.model), device=args.device.upper(), output_dir=report_dir)):
+        return EXIT_ERROR
+    extra = [os.path.join(report_dir, n) for n in ("params.json", "overlay.png")] if report_dir else []
+    return _write_outputs(bpy, args, extra)
+
+
+def reconstruct_photos(args, parser) -> int:
+    import bpy
+    _check_outputs(parser, args)
+    photos = [os.path.abspath(p) for p in args.photos]
+    if len(photos) == 1 and os.path.isdir(photos[0]):
+        kwargs = dict(directory=photos[0])
+    else:
+        folder = os.path.dirname(photos[0])
+        kwargs = dict(directory=folder, files=[{"name": p if os.path.dirname(p) != folder else os.path.basename(p)}
+                                               for p in photos])
+    register_addon()
+    _clear_startup_scene(bpy)
+    print(f"FaceForge: reconstructing from {len(photos)} input(s) (model {args.model}, device {args.device}, "
+          f"texture {args.texture_size} px)", flush=True)
+    if not _run_operator(bpy, lambda: bpy.ops.faceforge.reconstruct_photos(
+            model=_model_arg(args.model), device=args.device.upper(), texture_size=args.texture_size, **kwargs)):
+        return EXIT_ERROR
+    return _write_outputs(bpy, args)
+
+
+def track(args, parser) -> int:
+    import bpy
+    _check_outputs(parser, args)
+    if args.start < 0 or args.end < 0:
+        parser.error("--start and --end must be 0 or more")
+    if args.end and args.end < args.start + 2:
+        parser.error("--end must be at least --start + 2 (end is exclusive; 0 = to the end of the clip)")
+    if args.track_file and not args.track_file.lower().endswith(".fftrack.npz"):
+        parser.error(f"--track-file must name a .fftrack.npz file, got '{args.track_file}'")
+    video = os.path.abspath(args.video)
+    register_addon()
+    _clear_startup_scene(bpy)
+    print(f"FaceForge: tracking {video} (frames {args.start}-{args.end or 'end'}, model {args.model}, "
+          f"device {args.device}{', refined' if args.refine else ''})", flush=True)
+    track_file = os.path.abspath(args.track_file) if args.track_file else ""
+    if not _run_operator(bpy, lambda: bpy.ops.faceforge.track_video(
+            filepath=video, model=_model_arg(args.model), device=args.device.upper(), frame_start=args.start,
+            frame_end=args.end, refine=args.refine, save_track=bool(track_file), track_file=track_file)):
+        return EXIT_ERROR
+    saved = bpy.context.scene.faceforge.track_path if track_file else ""
+    return _write_outputs(bpy, args, [saved])
+
+
+def import_track(args, parser) -> int:
+    import bpy
+    _check_outputs(parser, args)
+    path = os.path.abspath(args.track)
+    register_addon()
+    _clear_startup_scene(bpy)
+    if not _run_operator(bpy, lambda: bpy.ops.faceforge.import_track(filepath=path,
+                                                                      model=_model_arg(args.model))):
+        return EXIT_ERROR
+    return _write_outputs(bpy, args)
 
 
 def _op_error(e: RuntimeError) -> str:
@@ -190,6 +302,12 @@ def main(args=None) -> int:
         args = parser.parse_args(script_argv() if args is None else list(args))
         if args.command == "reconstruct":
             return reconstruct(args, parser)
+        if args.command == "reconstruct-photos":
+            return reconstruct_photos(args, parser)
+        if args.command == "track":
+            return track(args, parser)
+        if args.command == "import-track":
+            return import_track(args, parser)
         if args.command == "model-info":
             return model_info(args)
         parser.error(f"unknown command {args.command}")

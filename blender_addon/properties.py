@@ -1,7 +1,13 @@
 """Per-scene settings (``scene.faceforge``): the workflow's inputs, saved with the .blend file."""
 
 import bpy
-from bpy.props import EnumProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
+
+TEXTURE_SIZE_ITEMS = (
+    ("512", "512", "512 x 512 pixels: quick"),
+    ("1024", "1024", "1024 x 1024 pixels"),
+    ("2048", "2048", "2048 x 2048 pixels: sharpest, slowest to bake"),
+)
 
 MODEL_ITEMS = (
     ("BUILTIN", "Built-in", "FaceForge's own head model, shipped with the add-on (nothing to set up)"),
@@ -19,6 +25,51 @@ class FaceForgeSceneSettings(bpy.types.PropertyGroup):
     photo_path: StringProperty(
         name="Photo",
         description="A photo of one face, looking roughly at the camera (jpg, png, ...)",
+        subtype="FILE_PATH",
+        default="",
+    )
+    photos_dir: StringProperty(
+        name="Photos",
+        description="A folder with several photos of one person (different angles): one textured head",
+        subtype="DIR_PATH",
+        default="",
+    )
+    texture_size: EnumProperty(
+        name="Texture Size",
+        description="Size of the skin texture baked from the photos",
+        items=TEXTURE_SIZE_ITEMS,
+        default="1024",
+    )
+    video_path: StringProperty(
+        name="Video",
+        description="A video of one face (mp4, mov, avi, mkv) or a folder of frames, for Track Video",
+        subtype="FILE_PATH",
+        default="",
+    )
+    track_frame_start: IntProperty(
+        name="Start",
+        description="First clip frame to track (counted from 0; the scene shows it at frame start + 1)",
+        min=0, default=0,
+    )
+    track_frame_end: IntProperty(
+        name="End",
+        description="Clip frame to stop before (exclusive); 0 tracks to the end of the clip",
+        min=0, default=0,
+    )
+    track_refine: BoolProperty(
+        name="Photometric Refinement",
+        description="Also match the pixels on every frame (slower)",
+        default=False,
+    )
+    track_save: BoolProperty(
+        name="Save Track File",
+        description="Write <video>.fftrack.npz next to the .blend file (or in the temp folder) to re-import "
+                    "later without tracking again; existing files are never overwritten",
+        default=True,
+    )
+    track_path: StringProperty(
+        name="Track File",
+        description="The last track file written or imported",
         subtype="FILE_PATH",
         default="",
     )

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.blender
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 OPERATORS = ("FACEFORGE_OT_reconstruct_photo", "FACEFORGE_OT_export_fbx", "FACEFORGE_OT_export_gltf",
-             "FACEFORGE_OT_view_photo_camera", "FACEFORGE_OT_validate_model", "FACEFORGE_OT_install_dependencies",
+             "FACEFORGE_OT_reconstruct_photos", "FACEFORGE_OT_track_video", "FACEFORGE_OT_import_track",
+             "FACEFORGE_OT_set_camera", "FACEFORGE_OT_view_photo_camera", "FACEFORGE_OT_validate_model", "FACEFORGE_OT_install_dependencies",
              "FACEFORGE_OT_check_dependencies", "FACEFORGE_OT_cancel_job")
 PANELS = ("FACEFORGE_PT_main", "FACEFORGE_PT_model", "FACEFORGE_PT_input", "FACEFORGE_PT_reconstruct",
           "FACEFORGE_PT_rig", "FACEFORGE_PT_stylize", "FACEFORGE_PT_export")
@@ -404,13 +405,19 @@ def test_panels_read_as_a_workflow_with_disabled_steps(registered):
     assert ops["faceforge.export_fbx"] is False and ops["faceforge.view_photo_camera"] is False
     assert "Reconstruct a head first" in labels(log)
     assert ("prop", "photo_path", True) in log and ("prop", "model_source", True) in log
-    assert ("label", "Video: coming with Track Video", False) in log      # not a fake button: a disabled hint
+    assert ("prop", "photos_dir", True) in log and ("prop", "video_path", True) in log
+    # step 3 offers every way in: no video yet -> Track Video disabled with a hint; the browsers always work
+    assert ops["faceforge.track_video"] is False and "Choose a video in 2. Input" in labels(log)
+    assert ops["faceforge.reconstruct_photos"] is True and ops["faceforge.import_track"] is True
+    assert ("prop", "track_frame_start", True) not in log            # video options show once there is a video
 
     context.scene.faceforge.photo_path = "/photos/me.jpg"
+    context.scene.faceforge.video_path = "/videos/me.mp4"
     context.scene.faceforge.model_source = "CUSTOM"
     log = draw_all(context)
     ops = {e[1]: e[2] for e in log if e[0] == "operator"}
-    assert ops["faceforge.reconstruct_photo"] is True
+    assert ops["faceforge.reconstruct_photo"] is True and ops["faceforge.track_video"] is True
+    assert {("prop", n, True) for n in ("track_frame_start", "track_frame_end", "track_refine", "track_save")} <= set(log)
     assert "preferences.addon_show" in ops and any(t.startswith("No model file set") for t in labels(log))
 
 

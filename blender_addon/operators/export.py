@@ -1,4 +1,9 @@
-"""Export the active FaceForge head (mesh + its armature) as FBX or glTF binary, shape keys kept."""
+"""Export the active FaceForge head (mesh + its armature) as FBX or glTF binary, shape keys kept.
+
+A tracked (animated) head exports its animation too: the root bone's motion, the joints and the
+expression shape-key values on every frame of the scene range (FBX: baked curves + blend-shape
+channels; glTF: one animation with node and morph-weight channels).
+"""
 
 import os
 
@@ -100,6 +105,12 @@ class FACEFORGE_OT_export_fbx(_ExportHead, bpy.types.Operator, ExportHelper):
             use_custom_props=True,
             armature_nodetype="NULL",
             bake_anim=_has_animation(head, rig),
+            bake_anim_use_all_bones=True,
+            bake_anim_use_nla_strips=False,
+            bake_anim_use_all_actions=False,  # only what the head plays, not every action in the file
+            bake_anim_force_startend_keying=True,
+            bake_anim_step=1.0,
+            bake_anim_simplify_factor=0.0,    # keep every frame's key: the track is the ground truth
             path_mode="COPY",
             embed_textures=True,
         )))
@@ -116,6 +127,7 @@ class FACEFORGE_OT_export_gltf(_ExportHead, bpy.types.Operator, ExportHelper):
 
     def export(self, context, path, head, rig):
         op = bpy.ops.export_scene.gltf
+        animated = _has_animation(head, rig)
         op(**_supported(op, dict(
             filepath=path,
             export_format="GLB",
@@ -123,7 +135,17 @@ class FACEFORGE_OT_export_gltf(_ExportHead, bpy.types.Operator, ExportHelper):
             export_morph=True,
             export_skins=rig is not None,
             export_apply=False,             # keep the shape keys
-            export_animations=_has_animation(head, rig),
+            export_animations=animated,
+            # one animation on the scene's timeline: bone motion + morph weights together (3.6+)
+            export_animation_mode="SCENE",
+            export_nla_strips=False,          # up to 3.5: the head's actions merged into one animation
+            export_morph_animation=True,      # 3.6+ (older: shape-key animation always follows export_morph)
+            export_frame_range=True,          # the tracked frames only
+            export_force_sampling=True,
+            export_optimize_animation_size=False,
+            export_def_bones=False,
+            export_anim_single_armature=True,
+            export_anim_scene_split_object=False,   # 4.2+: one animation, not one per object
             export_cameras=False,
             export_lights=False,
             export_extras=True,

@@ -25,7 +25,43 @@ def engine_poll(cls, context) -> bool:
     return _fail_poll(cls, message) if message else True
 
 
-class FACEFORGE_OT_reconstruct_photo(JobOperator, bpy.types.Operator):
+class EngineOptions:
+    """Mix-in for engine jobs: the model / device overrides and the shared poll (used by every
+    capability: photo, photos, video)."""
+
+    model: StringProperty(name="Model Override",
+                          description="'builtin' or a model file; empty uses the panel's choice and the preferences",
+                          default="", options={"SKIP_SAVE"})
+    device: EnumProperty(name="Device", description="Where the engine runs",
+                         items=DEVICE_OVERRIDE_ITEMS, default="PREFS")
+
+    @classmethod
+    def job_poll(cls, context):
+        if context.scene is None or not hasattr(context.scene, "faceforge"):
+            return False
+        return engine_poll(cls, context)
+
+    def model_spec(self, context) -> str:
+        if self.model:
+            return self.model if self.model == "builtin" else bpy.path.abspath(self.model)
+        if context.scene.faceforge.model_source == "CUSTOM":
+            path = preferences.model_path(context)
+            if not path:
+                raise core.errors.ModelFileError(
+                    "The custom model is selected but no model file is set: choose a FLAME .pkl or "
+                    "FaceForge .npz in Preferences > Add-ons > FaceForge, or pick 'Built-in'.")
+            return path
+        return "builtin"
+
+    def device_name(self, context) -> str:
+        return preferences.device(context) if self.device == "PREFS" else self.device.lower()
+
+
+def warnings_of(result) -> list:
+    return [str(w) for w in (getattr(result, "warnings", None) or [])]
+
+
+class FACEFORGE_OT_reconstruct_photo(EngineOptions, JobOperator, bpy.types.Operator):
     bl_idname = "faceforge.reconstruct_photo"
     bl_label = "Reconstruct from Photo"
     bl_description = ("Fit the head model to a photo of one face and build a rigged head with its "
@@ -42,39 +78,12 @@ class FACEFORGE_OT_reconstruct_photo(JobOperator, bpy.types.Operator):
     output_dir: StringProperty(name="Report Folder",
                                description="When set, also write params.json and overlay.png into this folder",
                                subtype="DIR_PATH", default="")
-    model: StringProperty(name="Model Override",
-                          description="'builtin' or a model file; empty uses the panel's choice and the preferences",
-                          default="", options={"SKIP_SAVE"})
-    device: EnumProperty(name="Device", description="Where the reconstruction runs",
-                         items=DEVICE_OVERRIDE_ITEMS, default="PREFS")
-
-    @classmethod
-    def job_poll(cls, context):
-        if context.scene is None or not hasattr(context.scene, "faceforge"):
-            return False
-        return engine_poll(cls, context)
 
     def invoke(self, context, event):
         if not self.filepath:   # F3 / scripts without a photo: browse, then run in the foreground
             context.window_manager.fileselect_add(self)
             return {"RUNNING_MODAL"}
         return JobOperator.invoke(self, context, event)
-
-    # -- inputs (main thread) ---------------------------------------------------------------
-    def model_spec(self, context) -> str:
-        if self.model:
-            return self.model if self.model == "builtin" else bpy.path.abspath(self.model)
-        if context.scene.faceforge.model_source == "CUSTOM":
-            path = preferences.model_path(context)
-            if not path:
-                raise core.errors.ModelFileError(
-                    "The custom model is selected but no model file is set: choose a FLAME .pkl or "
-                    "FaceForge .npz in Preferences > Add-ons > FaceForge, or pick 'Built-in'.")
-            return path
-        return "builtin"
-
-    def device_name(self, context) -> str:
-        return preferences.device(context) if self.device == "PREFS" else self.device.lower()
 
     def prepare(self, context):
         path = bpy.path.abspath(self.filepath) if self.filepath else ""
@@ -102,7 +111,7 @@ class FACEFORGE_OT_reconstruct_photo(JobOperator, bpy.types.Operator):
         if model_name:
             head["faceforge_model"] = str(model_name)
         head["faceforge_params"] = json.dumps(pipeline.fit_params_json(rec))
-        warnings = [str(w) for w in (getattr(rec, "warnings", None) or [])]
+        warnings = warnings_of(rec)
         if warnings:
             head["faceforge_warnings"] = json.dumps(warnings)
         outputs = {}

@@ -14,7 +14,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Quaternion
 
-from .lookup import CAMERA_PROP, HEAD_PROP, RIG_PROP, find_head, rig_of  # noqa: F401  (re-exported)
+from .lookup import (CAMERA_HEAD_PROP, CAMERA_PROP, CAMERA_RESOLUTION_PROP, HEAD_PROP,  # noqa: F401
+                     RIG_PROP, find_head, rig_of)  # (re-exported)
 from .rollback import SceneSnapshot
 
 # model (x, y, z) -> Blender (x, -z, y); a proper rotation (det +1)
@@ -47,6 +48,13 @@ def _errors():
     return core.errors
 
 
+def _core_module(name: str):
+    import importlib
+
+    from ..engine import core
+    return importlib.import_module(f"{core.__name__}.{name}")
+
+
 # ----------------------------------------------------------------------------- checks
 def check_rig(rig) -> None:
     """Validate array shapes before anything is created; raise a FaceForge TopologyError."""
@@ -71,8 +79,9 @@ def check_rig(rig) -> None:
         raise err(f"Head '{rig.name}': shape-key names must be unique and not 'Basis'.")
     if rig.vertex_colors is not None and np.asarray(rig.vertex_colors).shape != (len(v), 3):
         raise err(f"Head '{rig.name}': vertex colours must be (V, 3), got {np.asarray(rig.vertex_colors).shape}.")
-    if rig.uv is not None and np.asarray(rig.uv).shape != (len(v), 2):
-        raise err(f"Head '{rig.name}': UVs must be (V, 2), got {np.asarray(rig.uv).shape}.")
+    if rig.uv is not None and np.asarray(rig.uv).shape not in ((len(v), 2), (len(f), 3, 2)):
+        raise err(f"Head '{rig.name}': UVs must be per vertex (V={len(v)}, 2) or per triangle corner "
+                  f"(F={len(f)}, 3, 2), got {np.asarray(rig.uv).shape}.")
     b = rig.bones
     if b is not None:
         J = len(b.names)
@@ -84,6 +93,23 @@ def check_rig(rig) -> None:
             raise err(f"Head '{rig.name}': skin weights must be (V={len(v)}, J={J}), got {np.shape(b.weights)}.")
         if b.pose is not None and np.asarray(b.pose).shape != (J - 1, 3):
             raise err(f"Head '{rig.name}': bone pose must be (J-1={J - 1}, 3), got {np.shape(b.pose)}.")
+    a = rig.animation
+    if a is not None:
+        T = len(np.asarray(a.shape_key_values))
+        checks = [("shape_key_values", a.shape_key_values, (T, K)), ("root_rotation", a.root_rotation, (T, 3, 3)),
+                  ("root_translation", a.root_translation, (T, 3))]
+        if a.joint_pose is not None and b is not None:
+            checks.append(("joint_pose", a.joint_pose, (T, len(b.names) - 1, 3)))
+        if T < 1:
+            raise err(f"Head '{rig.name}': the animation has no frames.")
+        if b is None:
+            raise err(f"Head '{rig.name}': an animated head needs bones (the root bone carries the head motion).")
+        for label, arr, want in checks:
+            arr = np.asarray(arr)
+            if arr.shape != want:
+                raise err(f"Head '{rig.name}': animation {label} must be {want}, got {arr.shape}.")
+            if not np.isfinite(arr).all():
+                raise err(f"Head '{rig.name}': animation {label} contains NaN or infinite values.")
 
 
 # ----------------------------------------------------------------------------- steps
@@ -106,8 +132,11 @@ def _make_mesh(rig, name: str):
     else:
         mesh.polygons.foreach_set("use_smooth", np.ones(F, dtype=bool))
     if rig.uv is not None:
+        # loops are the triangle corners in face order: per-vertex UVs are gathered through the faces,
+        # per-corner UVs (F, 3, 2: seams allowed) map one to one
         uv_layer = mesh.uv_layers.new(name="UVMap")
-        uv = np.asarray(rig.uv, dtype=np.float32)[faces.ravel()]
+        uv = np.asarray(rig.uv, dtype=np.float32)
+        uv = uv.reshape(3 * F, 2) if uv.ndim == 3 else uv[faces.ravel()]
         uv_layer.data.foreach_set("uv", np.ascontiguousarray(uv).ravel())
     if rig.vertex_colors is not None:
         attr = mesh.color_attributes.new(name="albedo", type="FLOAT_COLOR", domain="POINT")
@@ -189,8 +218,68 @@ def _camera_pose(cam) -> tuple:
     return MODEL_TO_BLENDER @ centre, MODEL_TO_BLENDER @ cam_to_model
 
 
-def _add_camera(context, rig, name: str, collection):
-    spec = rig.camera
+def media_kind(path) -> str:
+    """'image', 'movie' (a video file) or 'sequence' (a folder / glob of images) for a background; '' if none."""
+    if not path:
+        return ""
+    p = str(path)
+    if os.path.isdir(p) or any(ch in p for ch in "*?["):
+        return "sequence"
+    if not os.path.isfile(p):
+        return ""
+    if os.path.splitext(p)[1].lower() in _core_module("track.video").VIDEO_SUFFIXES:
+        return "movie"
+    return "image"
+
+
+def _sequence_first_file(path: str) -> str:
+    import glob
+    suffixes = _core_module("detect.images").SUPPORTED_SUFFIXES
+    pattern = os.path.join(path, "*") if os.path.isdir(path) else path
+    files = sorted(f for f in glob.glob(pattern) if os.path.splitext(f)[1].lower() in suffixes)
+    return files[0] if files else ""
+
+
+def load_movie_clip(path: str):
+    """A video file or an image sequence (folder / glob: its first image) as a MovieClip, or None.
+
+    The clip keeps ``frame_start = 1``: clip frame c (0-based) shows at scene frame c + 1."""
+    kind = media_kind(path)
+    target = _sequence_first_file(path) if kind == "sequence" else path if kind == "movie" else ""
+    if not target:
+        return None
+    try:
+        clip = bpy.data.movieclips.load(target, check_existing=True)
+    except RuntimeError:
+        return None
+    clip.frame_start = 1
+    clip.frame_offset = 0
+    return clip
+
+
+def _add_background(cam_data, path) -> None:
+    """Show a photo (image) or the clip (movie clip, follows the scene frame) behind the camera view."""
+    kind = media_kind(path)
+    if kind == "image":
+        bg = cam_data.background_images.new()
+        bg.source = "IMAGE"
+        bg.image = bpy.data.images.load(path, check_existing=True)
+    elif kind in ("movie", "sequence"):
+        clip = load_movie_clip(path)
+        if clip is None:
+            return
+        bg = cam_data.background_images.new()
+        bg.source = "MOVIE_CLIP"
+        bg.clip = clip
+        bg.use_camera_clip = False
+    else:
+        return
+    bg.alpha = 0.6
+    cam_data.show_background_images = True
+
+
+def _add_camera(context, spec, name: str, collection, head_obj=None, scene_camera: bool = True):
+    """A camera that sees the head as ``spec`` (OpenCV pinhole) does, with its photo / video behind."""
     data = bpy.data.cameras.new(name)
     data.sensor_fit = "AUTO"
     data.sensor_width = SENSOR_WIDTH_MM
@@ -209,17 +298,23 @@ def _add_camera(context, rig, name: str, collection):
     m.translation = loc.tolist()
     obj.matrix_world = m
     obj[CAMERA_PROP] = 1
-    if spec.image_path and os.path.isfile(spec.image_path):
-        img = bpy.data.images.load(spec.image_path, check_existing=True)
-        bg = data.background_images.new()
-        bg.image = img
-        bg.alpha = 0.6
-        data.show_background_images = True
-    scene = context.scene
-    scene.render.resolution_x = int(spec.width)
-    scene.render.resolution_y = int(spec.height)
-    scene.camera = obj
+    obj[CAMERA_RESOLUTION_PROP] = [int(spec.width), int(spec.height)]
+    if head_obj is not None:
+        obj[CAMERA_HEAD_PROP] = head_obj          # an ID reference: survives renames
+    if spec.image_path:
+        _add_background(data, spec.image_path)
+    if scene_camera:
+        obj["faceforge_primary"] = True
+        scene = context.scene
+        scene.render.resolution_x = int(spec.width)
+        scene.render.resolution_y = int(spec.height)
+        scene.camera = obj
     return obj
+
+
+def _camera_name(spec, fallback: str) -> str:
+    stem = os.path.splitext(os.path.basename(str(spec.image_path or "").rstrip("/\\")))[0]
+    return f"{stem}_camera" if stem else fallback
 
 
 def _bone_tails(heads: np.ndarray, parents: np.ndarray, length: float) -> np.ndarray:
@@ -341,9 +436,14 @@ def _nested_in(parent, coll) -> bool:
 def build_head(context, rig, collection_name: str = "FaceForge") -> dict:
     """Create the head mesh (+ shape keys, material, camera, armature) from ``rig``.
 
-    Returns ``{"collection", "mesh", "material", "camera", "armature"}`` (camera/armature may be
-    None). On any exception everything created so far is removed and the scene settings
-    (camera, resolution, selection) are restored before the exception propagates.
+    With ``rig.views`` (a multi-photo fit) every photo gets a camera named after it (``rig.camera``'s
+    becomes the scene camera); with ``rig.animation`` (a tracked clip) the shape keys and bones are
+    keyed per frame and the scene's fps and frame range follow the clip (see ``animation.py``).
+
+    Returns ``{"collection", "mesh", "material", "camera", "cameras", "armature", "actions"}``
+    (camera/armature may be None). On any exception everything created so far is removed and the
+    scene settings (camera, resolution, fps, frame range, selection) are restored before the
+    exception propagates.
     """
     check_rig(rig)
     if context.view_layer.objects.active is not None and context.view_layer.objects.active.mode != "OBJECT":
@@ -360,8 +460,19 @@ def build_head(context, rig, collection_name: str = "FaceForge") -> dict:
         obj["faceforge_params"] = json.dumps(rig.metadata, default=_json_default)
         _add_shape_keys(obj, rig)
         mat = _add_material(obj, rig, f"{name}_skin")
-        cam = _add_camera(context, rig, f"{name}_camera", coll) if rig.camera is not None else None
+        cameras = []
+        if rig.camera is not None:
+            primary_name = _camera_name(rig.camera, f"{name}_camera") if rig.views else f"{name}_camera"
+            cameras.append(_add_camera(context, rig.camera, primary_name, coll, obj))
+            for spec in rig.views:
+                cameras.append(_add_camera(context, spec, _camera_name(spec, f"{name}_camera"), coll, obj,
+                                           scene_camera=False))
+        cam = cameras[0] if cameras else None
         arm = _add_armature(context, obj, rig, f"{name}_rig", coll) if rig.bones is not None else None
+        actions = {}
+        if rig.animation is not None:
+            from .animation import animate_head
+            actions = animate_head(context, rig, obj, arm, MODEL_TO_BLENDER)
         # finally: the new head is the (only) selection and the active object
         view_layer = context.view_layer
         for o in view_layer.objects:
@@ -372,4 +483,5 @@ def build_head(context, rig, collection_name: str = "FaceForge") -> dict:
     except BaseException:
         snap.rollback()
         raise
-    return {"collection": coll, "mesh": obj, "material": mat, "camera": cam, "armature": arm}
+    return {"collection": coll, "mesh": obj, "material": mat, "camera": cam, "cameras": cameras,
+            "armature": arm, "actions": actions}

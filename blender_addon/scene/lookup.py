@@ -5,6 +5,8 @@ from __future__ import annotations
 HEAD_PROP = "faceforge_head"
 RIG_PROP = "faceforge_rig"
 CAMERA_PROP = "faceforge_camera"
+CAMERA_HEAD_PROP = "faceforge_camera_of"          # on a camera: the head object it was built with (an ID reference)
+CAMERA_RESOLUTION_PROP = "faceforge_resolution"   # on a camera: its photo / video size (width, height)
 
 
 def find_head(context):
@@ -46,14 +48,30 @@ def rig_of(head_obj):
     return p if (p is not None and p.type == "ARMATURE") else None
 
 
-def camera_of(head_obj):
-    """The photo camera built with ``head_obj`` (same collection), or None."""
+def cameras_of(head_obj) -> list:
+    """The photo / video cameras built with ``head_obj``: the primary (most frontal photo) first."""
+    out, seen = [], set()
     for coll in head_obj.users_collection:
         for o in coll.objects:
-            if o.type == "CAMERA" and o.get(CAMERA_PROP) and o.name.startswith(head_obj.name):
-                return o
-    for coll in head_obj.users_collection:
-        for o in coll.objects:
-            if o.type == "CAMERA" and o.get(CAMERA_PROP):
-                return o
-    return None
+            if o.type == "CAMERA" and o.get(CAMERA_PROP) and o.get(CAMERA_HEAD_PROP) == head_obj \
+                    and o.as_pointer() not in seen:
+                seen.add(o.as_pointer())
+                out.append(o)
+    if out:
+        out.sort(key=lambda o: (not o.get("faceforge_primary", False), o.name))
+        return out
+    # heads built before cameras referenced them: match by name, then any FaceForge camera beside it
+    for match in (lambda o: o.name.startswith(head_obj.name), lambda o: True):
+        for coll in head_obj.users_collection:
+            for o in coll.objects:
+                if o.type == "CAMERA" and o.get(CAMERA_PROP) and o.get(CAMERA_HEAD_PROP) is None and match(o):
+                    return [o]
+    return []
+
+
+def camera_of(head_obj, scene=None):
+    """The head's camera to look through: the scene camera if it is one of them, else the primary one."""
+    cams = cameras_of(head_obj)
+    if scene is not None and scene.camera is not None and scene.camera in cams:
+        return scene.camera
+    return cams[0] if cams else None

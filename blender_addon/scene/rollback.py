@@ -2,7 +2,8 @@
 
 Used by the scene builder and the operators so that a failed reconstruction leaves the
 file exactly as it was (no stray objects, meshes, materials, cameras, armatures, actions,
-images, collections or shape-key blocks; scene camera, resolution and selection restored).
+images, movie clips, collections or shape-key blocks; scene camera, resolution, fps, frame range,
+current frame and selection restored).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import bpy
 # bpy.data collections whose new members are removed on rollback
 ID_COLLECTIONS = (
     "objects", "meshes", "materials", "cameras", "armatures", "actions", "images",
-    "collections", "shape_keys", "node_groups", "textures", "worlds", "lights",
+    "collections", "shape_keys", "node_groups", "textures", "worlds", "lights", "movieclips",
 )
 
 
@@ -31,6 +32,8 @@ class SceneSnapshot:
         scene = self.scene
         self.camera = scene.camera
         self.resolution = (scene.render.resolution_x, scene.render.resolution_y)
+        self.timing = (scene.render.fps, scene.render.fps_base, scene.frame_start, scene.frame_end)
+        self.frame = scene.frame_current
         self.scene_children = {c.as_pointer() for c in scene.collection.children}
         self.active = self.view_layer.objects.active
         self.selected = [o for o in self.view_layer.objects if o is not None and o.select_get()]
@@ -74,6 +77,11 @@ class SceneSnapshot:
         scene = self.scene
         scene.camera = self.camera
         scene.render.resolution_x, scene.render.resolution_y = self.resolution
+        scene.render.fps, scene.render.fps_base, start, end = self.timing
+        scene.frame_start = start      # (Blender pushes the end up if needed, and end >= start always holds)
+        scene.frame_end = end
+        if scene.frame_current != self.frame:
+            scene.frame_set(self.frame)
         restore_selection(self.view_layer, self.active, self.selected)
 
 
@@ -82,7 +90,8 @@ def _collection_of(idblock) -> str:
                       ("materials", bpy.types.Material), ("cameras", bpy.types.Camera),
                       ("armatures", bpy.types.Armature), ("actions", bpy.types.Action),
                       ("images", bpy.types.Image), ("collections", bpy.types.Collection),
-                      ("node_groups", bpy.types.NodeTree), ("textures", bpy.types.Texture)):
+                      ("node_groups", bpy.types.NodeTree), ("textures", bpy.types.Texture),
+                      ("movieclips", bpy.types.MovieClip)):
         if isinstance(idblock, typ):
             return name
     return ""

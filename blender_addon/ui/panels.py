@@ -2,8 +2,8 @@
 
     FaceForge   status: missing packages, the running job's progress bar + Cancel, the last result
     1. Model    Built-in / Custom (+ Validate), device
-    2. Input    photo (video: coming with tracking)
-    3. Reconstruct
+    2. Input    a photo, a folder of photos (+ texture size), a video (+ frame range, refinement, track file)
+    3. Reconstruct  from Photo / from Photos / Track Video / Import Track; the head's photo cameras
     4. Rig      what the head has: expression shape keys (editable), armature
     5. Stylize  coming; shows whether the CLIP checkpoint is set
     6. Export   FBX rig / glTF
@@ -18,7 +18,7 @@ import os
 import bpy
 
 from .. import dependencies, preferences, runner
-from ..scene.lookup import camera_of, find_head, rig_of
+from ..scene.lookup import camera_of, cameras_of, find_head, rig_of
 
 CATEGORY = "FaceForge"
 WRAP = 30   # characters per line in a default-width sidebar
@@ -126,10 +126,29 @@ class FACEFORGE_PT_input(_Step, bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        layout.prop(context.scene.faceforge, "photo_path", text="Photo")
-        row = layout.row()
-        row.enabled = False
-        row.label(text="Video: coming with Track Video", icon="FILE_MOVIE")
+        settings = context.scene.faceforge
+        layout.prop(settings, "photo_path", text="Photo")
+        layout.prop(settings, "photos_dir", text="Photos")
+        if settings.photos_dir:
+            layout.prop(settings, "texture_size", text="Texture")
+        layout.prop(settings, "video_path", text="Video")
+        if settings.video_path:
+            row = layout.row(align=True)
+            row.prop(settings, "track_frame_start", text="Start")
+            row.prop(settings, "track_frame_end", text="End")
+            layout.prop(settings, "track_refine")
+            layout.prop(settings, "track_save")
+
+
+def _job_hint(layout) -> bool:
+    """Why the engine buttons are greyed out right now (missing packages / a running job), if they are."""
+    if dependencies.missing():
+        _hint(layout, "Install the missing Python packages first (see above)", icon="ERROR")
+        return True
+    if runner.active_job() is not None:
+        _hint(layout, "Another FaceForge job is running", icon="SORTTIME")
+        return True
+    return False
 
 
 class FACEFORGE_PT_reconstruct(_Step, bpy.types.Panel):
@@ -142,24 +161,53 @@ class FACEFORGE_PT_reconstruct(_Step, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         settings = context.scene.faceforge
-        col = layout.column()
-        col.scale_y = 1.5
-        col.enabled = bool(settings.photo_path)
-        op = col.operator("faceforge.reconstruct_photo", icon="USER")
+        hints = []
+
+        col = layout.column(align=True)
+        col.scale_y = 1.4
+        row = col.row(align=True)
+        row.enabled = bool(settings.photo_path)
+        op = row.operator("faceforge.reconstruct_photo", icon="USER")
         op.filepath = settings.photo_path
         if not settings.photo_path:
-            _hint(layout, "Choose a photo in 2. Input")
-        elif dependencies.missing():
-            _hint(layout, "Install the missing Python packages first (see above)", icon="ERROR")
-        elif runner.active_job() is not None:
-            _hint(layout, "Another FaceForge job is running", icon="SORTTIME")
+            hints.append("Choose a photo in 2. Input")
+
+        # several photos: the folder from 2. Input, else "…" picks the files in the browser (never a dead button)
+        op = col.operator("faceforge.reconstruct_photos", icon="OUTLINER_OB_CAMERA",
+                          text="Reconstruct from Photos" if settings.photos_dir else "Reconstruct from Photos…")
+        op.directory = settings.photos_dir
+        op.texture_size = int(settings.texture_size)
+
+        row = col.row(align=True)
+        row.enabled = bool(settings.video_path)
+        op = row.operator("faceforge.track_video", icon="TRACKER")
+        op.filepath = settings.video_path
+        op.frame_start = settings.track_frame_start
+        op.frame_end = settings.track_frame_end
+        op.refine = settings.track_refine
+        op.save_track = settings.track_save
+        if not settings.video_path:
+            hints.append("Choose a video in 2. Input")
+        col.operator("faceforge.import_track", icon="IMPORT", text="Import Track…")
+
+        if not _job_hint(layout):
+            for h in hints:
+                _hint(layout, h)
+
         head = find_head(context)
         row = layout.row()
         row.enabled = head is not None and camera_of(head) is not None
         row.operator("faceforge.view_photo_camera", icon="VIEW_CAMERA")
-        row = layout.row()
-        row.enabled = False
-        row.label(text="Track Video: coming", icon="TRACKER")
+        cams = cameras_of(head) if head is not None else []
+        if len(cams) > 1:   # one camera per photo: switch the scene camera among them
+            box = layout.box()
+            box.label(text=f"{len(cams)} photo cameras", icon="OUTLINER_OB_CAMERA")
+            flow = box.column(align=True)
+            for cam in cams:
+                current = context.scene.camera == cam
+                op = flow.operator("faceforge.set_camera", text=cam.name,
+                                   icon="RADIOBUT_ON" if current else "RADIOBUT_OFF", depress=current)
+                op.camera = cam.name
 
 
 class FACEFORGE_PT_rig(_Step, bpy.types.Panel):
@@ -186,6 +234,11 @@ class FACEFORGE_PT_rig(_Step, bpy.types.Panel):
             layout.label(text=f"{rig.name}: {len(rig.data.bones)} bones", icon="BONE_DATA")
         else:
             layout.label(text="No bones in this model", icon="BONE_DATA")
+        frames = head.get("faceforge_frames")
+        if frames is not None and len(frames) == 2:   # a tracked head: keyed on every frame of its clip
+            scene = context.scene
+            layout.label(text=f"Animated: {int(frames[1]) - int(frames[0])} frames "
+                              f"({scene.render.fps / scene.render.fps_base:.3g} fps)", icon="ANIM")
 
 
 class FACEFORGE_PT_stylize(_Step, bpy.types.Panel):

@@ -1,0 +1,135 @@
+"""``faceforge.reconstruct_photos``: several photos of one person -> one textured, rigged head.
+
+Same pattern as reconstruct.py. ``finish`` saves the baked skin texture (next to the .blend file as
+``//<head>_albedo.png`` when the file is saved, never overwriting; otherwise in a temp folder and
+packed into the .blend so nothing is lost), builds the head with its seam-aware UVs and an Image
+Texture on the material, and adds one camera per photo (named after it, the photo behind it); the
+most frontal photo's camera becomes the scene camera.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import bpy
+from bpy.props import BoolProperty, CollectionProperty, IntProperty, StringProperty
+
+from .. import paths
+from ..engine import core, load_pipeline
+from ..runner import JobOperator
+from .reconstruct import EngineOptions, warnings_of
+
+TEXTURE_SIZES = (256, 512, 1024, 2048, 4096)
+
+
+class FACEFORGE_OT_reconstruct_photos(EngineOptions, JobOperator, bpy.types.Operator):
+    bl_idname = "faceforge.reconstruct_photos"
+    bl_label = "Reconstruct from Photos"
+    bl_description = ("Fit one head to several photos of the same person (select several files, or a folder): "
+                      "a shared identity, a skin texture baked from all photos and a camera per photo. "
+                      "Runs in the background: Esc or Cancel stops it and changes nothing")
+    bl_options = {"UNDO"}
+
+    files: CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
+    directory: StringProperty(name="Folder", subtype="DIR_PATH", default="", options={"SKIP_SAVE"},
+                              description="The photos' folder (all its photos are used when no file is selected)")
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    texture_size: IntProperty(name="Texture Size", default=0, min=0, max=4096, options={"SKIP_SAVE"},
+                              description="Skin texture size in pixels (512, 1024 or 2048); 0 uses the panel's choice")
+
+    def invoke(self, context, event):
+        if not self.directory and not self._names():
+            context.window_manager.fileselect_add(self)
+            return {"RUNNING_MODAL"}
+        return JobOperator.invoke(self, context, event)
+
+    def _names(self) -> list:
+        return [f.name for f in self.files if f.name]
+
+    def inputs(self) -> list:
+        folder = bpy.path.abspath(self.directory) if self.directory else ""
+        names = self._names()
+        if names:
+            return [n if os.path.isabs(n) else os.path.join(folder, n) for n in names]
+        return [folder] if folder else []
+
+    def prepare(self, context):
+        inputs = self.inputs()
+        if not inputs:
+            raise core.errors.InputError("No photos were given: select several photos of one person, or a folder.")
+        for p in inputs:
+            if not os.path.exists(p):
+                raise core.errors.ImageReadError(f"The photo '{p}' does not exist.")
+        size = int(self.texture_size or context.scene.faceforge.texture_size)
+        if size not in TEXTURE_SIZES:
+            raise core.errors.InputError(f"Texture size {size} is not supported; use 512, 1024 or 2048.")
+        model, device = self.model_spec(context), self.device_name(context)
+        self._inputs = inputs
+
+        def work(progress):   # worker thread: engine only, no bpy
+            progress.update("loading the engine", 0.0)
+            pipeline = load_pipeline()
+            return pipeline, pipeline.reconstruct_photos(inputs, model=model, device=device, progress=progress,
+                                                         texture_size=size)
+
+        return work
+
+    # -- scene (main thread, rolled back by the runner if anything raises) ---------------------
+    def finish(self, context, result):
+        from ..scene.head_builder import build_head
+        pipeline, rec = result
+        rig = rec.rig
+        name = bpy.path.clean_name(rig.name or "head")
+        beside_blend = bool(paths.blend_dir())
+        if beside_blend:   # //<name>_albedo.png, never overwriting another file
+            tex_path = paths.unique_path(os.path.join(paths.blend_dir(), f"{name}_albedo.png"))
+            tmp_dir = None
+        else:              # unsaved file: a temp copy, packed into the .blend below
+            tmp_dir = tempfile.mkdtemp(prefix="faceforge_texture_")
+            tex_path = os.path.join(tmp_dir, f"{name}_albedo.png")
+        try:
+            pipeline.save_texture(rec, tex_path)
+            built = build_head(context, rig)
+            image = _texture_image(built["material"])
+            if image is None:
+                raise core.errors.FaceForgeError("The texture could not be attached to the head's material.")
+            if beside_blend:
+                image.filepath = bpy.path.relpath(tex_path)
+                where = f"saved as {image.filepath}"
+            else:
+                image.pack()
+                where = "packed into the .blend file (save the file to keep it)"
+        except BaseException:
+            if beside_blend and os.path.isfile(tex_path):
+                os.remove(tex_path)          # all or nothing: the runner removes the datablocks
+            raise
+        finally:
+            if tmp_dir is not None:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+        head = built["mesh"]
+        head["faceforge_photos"] = json.dumps([str(p) for p in rec.image_paths])
+        model_name = getattr(getattr(rec, "model", None), "name", None)
+        if model_name:
+            head["faceforge_model"] = str(model_name)
+        warnings = warnings_of(rec)
+        if warnings:
+            head["faceforge_warnings"] = json.dumps(warnings)
+        for w in warnings:
+            self.report({"WARNING"}, w)
+        if len(self._inputs) == 1 and os.path.isdir(self._inputs[0]):
+            context.scene.faceforge.photos_dir = self._inputs[0]
+        size = image.size[0]
+        return (f"Built '{head.name}' from {len(rec.image_paths)} photos: {len(head.data.vertices)} vertices, "
+                f"{size}x{size} texture {where}, {len(built['cameras'])} photo cameras")
+
+
+def _texture_image(material):
+    for node in material.node_tree.nodes:
+        if node.type == "TEX_IMAGE" and node.image is not None:
+            return node.image
+    return None
+
+
+CLASSES = (FACEFORGE_OT_reconstruct_photos,)
