@@ -20,6 +20,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import blender_addon  # noqa: E402
+from tests.blender_support import addon_registered, empty_scene  # noqa: E402,F401  (fixtures)
 from blender_addon.core.rig import CameraSpec  # noqa: E402
 from blender_addon.scene import head_builder, lookup  # noqa: E402
 
@@ -34,40 +35,6 @@ ID_KINDS = ("objects", "meshes", "materials", "cameras", "armatures", "images", 
 def names_of_data():
     return {k: sorted(i.name for i in getattr(bpy.data, k)) for k in ID_KINDS}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread for the engine (see tests/test_track_blender.py); restored afterwards."""
-    import sys
-    old_env = os.environ.get("FACEFORGE_TORCH_THREADS")
-    torch = sys.modules.get("torch")
-    old_threads = torch.get_num_threads() if torch is not None else None
-    os.environ["FACEFORGE_TORCH_THREADS"] = "1"
-    yield
-    if old_env is None:
-        os.environ.pop("FACEFORGE_TORCH_THREADS", None)
-    else:
-        os.environ["FACEFORGE_TORCH_THREADS"] = old_env
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(old_threads or (os.cpu_count() or 1))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def addon_registered():
-    was = hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo")
-    if not was:
-        blender_addon.register()
-    yield
-    if not was and hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo"):
-        blender_addon.unregister()
-
-
-@pytest.fixture
-def empty_scene():
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    blender_addon.runner._set_active(None)
-    return bpy.context
 
 
 def real_frames(folder: Path, indices=(0, 150, 300), clip="WolfgangLanger_Pexels.mp4") -> list:

@@ -21,6 +21,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import blender_addon  # noqa: E402
+from tests.blender_support import addon_registered, empty_scene  # noqa: E402,F401  (fixtures)
 from blender_addon import dependencies, runner  # noqa: E402
 from blender_addon.engine import core  # noqa: E402
 
@@ -29,22 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("objects", "meshes", "materials", "cameras", "collections")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def addon_registered():
-    was = hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo")
-    if not was:
-        blender_addon.register()
-    yield
-    if not was and hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo"):
-        blender_addon.unregister()
-
-
 @pytest.fixture
-def scene():
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    runner._set_active(None)
-    yield bpy.context
-    runner._set_active(None)
+def scene(empty_scene):
+    return empty_scene
+
 
 
 def names():

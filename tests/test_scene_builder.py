@@ -19,6 +19,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import blender_addon  # noqa: E402
+from tests.blender_support import addon_registered, empty_scene  # noqa: E402,F401  (fixtures)
 from blender_addon.engine import core  # noqa: E402
 from blender_addon.core.rig import BoneSpec, CameraSpec, HeadRig  # noqa: E402
 from blender_addon.scene import head_builder  # noqa: E402
@@ -142,21 +143,6 @@ def lbs(v, spec):
 def names_of_data():
     return {k: sorted(i.name for i in getattr(bpy.data, k)) for k in ID_KINDS}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def addon_registered():
-    was = hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo")
-    if not was:
-        blender_addon.register()
-    yield
-    if not was and hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo"):
-        blender_addon.unregister()
-
-
-@pytest.fixture
-def empty_scene():
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    return bpy.context
 
 
 # ----------------------------------------------------------------------------- build

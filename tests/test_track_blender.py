@@ -22,6 +22,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import blender_addon  # noqa: E402
+from tests.blender_support import addon_registered, empty_scene  # noqa: E402,F401  (fixtures)
 from blender_addon.core.rig import HeadAnimation  # noqa: E402
 from blender_addon.scene import animation, head_builder  # noqa: E402
 
@@ -99,42 +100,6 @@ def expected_vertices(rig, t) -> np.ndarray:
                                   weights=spec.weights, pose=a.joint_pose[t]))
     return head_builder.to_blender(posed @ np.asarray(a.root_rotation[t]).T + a.root_translation[t])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Engine work here is small: one torch thread (FACEFORGE_TORCH_THREADS, read by the engine loader)
-    avoids OpenMP spin-waits that make a busy 2-core machine several times slower. Restored afterwards."""
-    import os
-    import sys
-    old_env = os.environ.get("FACEFORGE_TORCH_THREADS")
-    torch = sys.modules.get("torch")
-    old_threads = torch.get_num_threads() if torch is not None else None
-    os.environ["FACEFORGE_TORCH_THREADS"] = "1"
-    yield
-    if old_env is None:
-        os.environ.pop("FACEFORGE_TORCH_THREADS", None)
-    else:
-        os.environ["FACEFORGE_TORCH_THREADS"] = old_env
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(old_threads or (os.cpu_count() or 1))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def addon_registered():
-    was = hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo")
-    if not was:
-        blender_addon.register()
-    yield
-    if not was and hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo"):
-        blender_addon.unregister()
-
-
-@pytest.fixture
-def empty_scene():
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    blender_addon.runner._set_active(None)
-    return bpy.context
 
 
 # ----------------------------------------------------------------------------- the version-aware helper
