@@ -229,3 +229,28 @@ def test_animated_rig_reproduces_the_track(real_track, builtin, tmp_path):
     save_track(real_track, tmp_path / "t.fftrack.npz")
     again = rig_from_track_file(tmp_path / "t.fftrack.npz")
     np.testing.assert_allclose(again.rig.animation.shape_key_values, a.shape_key_values, atol=1e-6)
+
+
+def test_tracking_with_a_jointed_flame_sized_model(builtin):
+    """FLAME's path: joint rotations are tracked and the 5-bone rig reproduces the skinned track."""
+    from core.models.correspondence import find_landmark_embedding
+    from core.models.synthetic import flame_sized_model
+    from core.pipeline import head_rig_from_track
+
+    model = flame_sized_model(builtin)
+    model.landmarks = find_landmark_embedding(model)
+    track = track_video(feat_data() / "single_face.mp4", model, "cpu", frame_range=(0, 16))
+    assert track.joint_pose.shape == (16, 4, 3) and track.valid.all()
+    proj = track_landmarks_px(track, model)
+    det = track.landmarks[:, model.landmarks.detector_index]
+    assert np.linalg.norm(proj - det, axis=-1).mean() < 4.0
+    rig = head_rig_from_track(model, track)
+    assert rig.bones.names == ["root", "neck", "jaw", "eye_L", "eye_R"]
+    a = rig.animation
+    layer = model.layer("cpu")
+    t = 10
+    with torch.no_grad():
+        v = layer(torch.as_tensor(track.shape[None]), torch.as_tensor(a.shape_key_values[t:t + 1]),
+                  torch.as_tensor(a.joint_pose[t:t + 1]))[0].numpy()
+    cam = (v @ a.root_rotation[t].T + a.root_translation[t]) @ rig.camera.rotation.T + rig.camera.translation
+    np.testing.assert_allclose(cam, track_vertices(track, model, [t])[0], atol=1e-5)
