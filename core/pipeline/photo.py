@@ -1,0 +1,110 @@
+"""One photo -> fitted model -> HeadRig, plus the report files (params.json, overlay.png)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .. import __version__
+from ..detect import detect_landmarks, load_image
+from ..device import resolve_device
+from ..fit import FitConfig, PhotoFit, PhotoFitter
+from ..jobs import ensure_progress
+from ..models import MorphableModel, load_model
+from ..rig import BoneSpec, CameraSpec, HeadRig
+
+
+@dataclass
+class PhotoReconstruction:
+    fit: PhotoFit
+    rig: HeadRig
+    model: MorphableModel
+    image: np.ndarray
+    image_path: str
+    warnings: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def reconstruct_photo(image_path, model="builtin", device="auto", progress=None,
+                      config: Optional[FitConfig] = None) -> PhotoReconstruction:
+    """Photo file -> fitted model -> HeadRig. Raises FaceForgeError subclasses on bad input."""
+    progress = ensure_progress(progress)
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    progress.update("reading photo", 0.0)
+    image = load_image(image_path)
+    progress.update("loading model", 0.03)
+    mm = load_model(model)
+    progress.update("detecting face", 0.08)
+    det = detect_landmarks(image, source=Path(image_path).name)
+    t1 = time.perf_counter()
+    fitter = PhotoFitter(mm.layer(dev), config)
+    fit = fitter.fit(image, det, progress=progress.sub(0.12, 0.97))
+    rig = head_rig_from_fit(mm, fit, name=Path(image_path).stem, image_path=str(Path(image_path).resolve()))
+    progress.update("done", 1.0)
+    return PhotoReconstruction(fit=fit, rig=rig, model=mm, image=image, image_path=str(image_path),
+                               warnings=list(fit.warnings),
+                               timings={"detect_s": t1 - t0, **fit.timings, "total_s": time.perf_counter() - t0})
+
+
+def head_rig_from_fit(model: MorphableModel, fit: PhotoFit, name="head", image_path=None) -> HeadRig:
+    """The fitted identity as the mesh, expression components as shape keys at their fitted values."""
+    P = fit.params
+    deltas = np.transpose(model.expr_basis, (2, 0, 1)).astype(np.float32)     # (K, V, 3)
+    values = np.zeros(model.n_expr, np.float32)
+    values[: len(P["expr"])] = P["expr"]
+    bones = None
+    if model.joints is not None:
+        j = model.joints
+        heads = j.regressor @ fit.vertices_neutral
+        bones = BoneSpec(names=list(j.names), parents=j.parents.copy(), heads=heads.astype(np.float32),
+                         weights=j.weights.astype(np.float32), pose=P["joint_pose"].astype(np.float32))
+    H, W = fit.image_size
+    camera = CameraSpec(focal_px=float(P["focal"]), width=W, height=H, rotation=P["rotation"].astype(np.float64),
+                        translation=P["translation"].astype(np.float64), cx=float(P["cx"]), cy=float(P["cy"]),
+                        image_path=image_path)
+    return HeadRig(name=name, vertices=fit.vertices_neutral.astype(np.float32), faces=model.faces.copy(),
+                   shape_key_names=list(model.expr_names), shape_key_deltas=deltas, shape_key_values=values,
+                   vertex_colors=fit.vertex_albedo.astype(np.float32), uv=model.uv, bones=bones, camera=camera,
+                   metadata={"model": model.name, "model_source": model.source,
+                             "landmark_error_px": round(fit.landmark_error_px, 3)})
+
+
+def fit_params_json(rec: PhotoReconstruction) -> dict:
+    fit = rec.fit
+    return {
+        "faceforge_version": __version__,
+        "photo": str(rec.image_path),
+        "image_size": {"height": fit.image_size[0], "width": fit.image_size[1]},
+        "model": {"name": rec.model.name, "source": rec.model.source, **rec.model.summary()},
+        "params": {k: np.asarray(v).tolist() for k, v in fit.params.items()},
+        "expression": dict(zip(rec.model.expr_names, np.asarray(fit.params["expr"]).round(4).tolist())),
+        "landmark_error_px": round(fit.landmark_error_px, 3),
+        "landmark_error_relative": round(fit.landmark_error_rel, 5),
+        "photometric_error": None if fit.photometric_error is None else round(fit.photometric_error, 5),
+        "timings_s": {k: round(v, 3) for k, v in rec.timings.items()},
+        "warnings": rec.warnings,
+        "conventions": "model space: metres, y up, +z out of the face; camera: OpenCV (x right, y down, z forward); "
+                       "rotation/translation map model to camera",
+    }
+
+
+def save_outputs(rec: PhotoReconstruction, out_dir) -> dict:
+    """params.json and overlay.png for a reconstruction. Never overwrites anything but these two."""
+    import cv2
+
+    from ..fit.overlay import draw_overlay
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params_path = out / "params.json"
+    params_path.write_text(json.dumps(fit_params_json(rec), indent=1))
+    overlay = draw_overlay(rec.image, rec.fit, rec.model.faces)
+    overlay_path = out / "overlay.png"
+    cv2.imwrite(str(overlay_path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    return {"params": str(params_path), "overlay": str(overlay_path)}
