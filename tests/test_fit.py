@@ -216,3 +216,23 @@ def test_fit_on_cuda(builtin, astronaut):
     det = detect_landmarks(astronaut)
     fit = PhotoFitter(builtin.layer("cuda")).fit(astronaut, det)
     assert fit.landmark_error_px < 2.5
+
+
+def test_iris_points_are_kept_only_on_eyeballs(builtin):
+    """Iris landmarks embed where the surface is skinned to an eye joint (an eyeball), and are
+    left out where they would be pinned to the eyelids."""
+    from core.models.correspondence import find_landmark_embedding, render_template  # noqa: F401
+    from core.models.synthetic import flame_sized_model
+
+    model = flame_sized_model(builtin)
+    plain = find_landmark_embedding(model)                       # no eyeball weights: 468 points
+    assert plain.detector_index.max() < 468
+    # give the eye joints the vertices around the eyes, as FLAME's eyeballs have
+    regions = __import__("core.detect.landmarks", fromlist=["landmark_regions"]).landmark_regions()
+    for joint, key in ((3, "left_eye"), (4, "right_eye")):
+        centre = model.v_template[regions[key]].mean(0)
+        near = np.linalg.norm(model.v_template - centre, axis=1) < 0.012
+        model.joints.weights[near] = 0
+        model.joints.weights[near, joint] = 1
+    with_eyes = find_landmark_embedding(model)
+    assert {468, 473} <= set(with_eyes.detector_index.tolist())  # the iris centres

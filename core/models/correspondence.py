@@ -76,10 +76,9 @@ def find_landmark_embedding(model: MorphableModel, size: int = 640, device="cpu"
     Several slightly turned renders are detected independently; each detection is lifted to
     3D and the per-point median is snapped back onto the surface, which averages out the
     detector's per-image noise."""
-    from ..detect.landmarks import N_SURFACE_POINTS, LandmarkDetector
+    from ..detect.landmarks import N_POINTS, N_SURFACE_POINTS, LandmarkDetector
 
-    # the 468 surface points only: iris points move with gaze and would be pinned to the eyelids
-    n = N_SURFACE_POINTS
+    n = N_POINTS          # all 478; iris points are kept below only where an eyeball can carry them
 
     def detect_views(albedo):
         lifted = []
@@ -97,7 +96,7 @@ def find_landmark_embedding(model: MorphableModel, size: int = 640, device="cpu"
     if lifted and model.albedo_mean is None:
         # an untextured template has no lips or brows for the detector to see: paint the
         # built-in model's mean colours onto it through the first estimate, and look again
-        painted = _transfer_builtin_albedo(model, np.median(np.stack(lifted), 0))
+        painted = _transfer_builtin_albedo(model, np.median(np.stack(lifted), 0)[:N_SURFACE_POINTS])
         if painted is not None:
             lifted = detect_views(painted) or lifted
     if not lifted:
@@ -107,7 +106,22 @@ def find_landmark_embedding(model: MorphableModel, size: int = 640, device="cpu"
             "check the model's axes, or give the landmark embedding in a FaceForge .npz.")
     median = np.median(np.stack(lifted), 0)
     face_index, bary, _ = closest_surface_points(median, model.v_template.astype(np.float64), model.faces, 24)
-    return LandmarkEmbedding(np.arange(n), face_index, bary, method=f"render-detect x{len(lifted)}")
+    keep = np.arange(N_SURFACE_POINTS).tolist() + [i for i in range(N_SURFACE_POINTS, n)
+                                                    if _on_eyeball(model, face_index[i], bary[i])]
+    return LandmarkEmbedding(np.array(keep), face_index[keep], bary[keep], method=f"render-detect x{len(lifted)}")
+
+
+def _on_eyeball(model: MorphableModel, face: int, bary: np.ndarray) -> bool:
+    """An iris point moves with gaze: keep it only where the surface is skinned to an eye joint
+    (FLAME's eyeballs), so the tracker can fit eye rotations. On a model without eyeballs it
+    would be pinned to the eyelid and fight the expression, so it is left out."""
+    if model.joints is None:
+        return False
+    eyes = [j for j, name in enumerate(model.joints.names) if str(name).lower().startswith("eye")]
+    if not eyes:
+        return False
+    w = (model.joints.weights[model.faces[face]] * bary[:, None]).sum(0)
+    return float(w[eyes].sum()) > 0.5
 
 
 def _transfer_builtin_albedo(model: MorphableModel, landmarks_3d: np.ndarray):
