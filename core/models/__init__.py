@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelFileError
-from .morphable import JointRig, LandmarkEmbedding, MorphableLayer, MorphableModel
+from .morphable import JointRig, LandmarkEmbedding, ModelParts, MorphableLayer, MorphableModel, Polygons
 
-__all__ = ["JointRig", "LandmarkEmbedding", "MorphableLayer", "MorphableModel", "load_model"]
+__all__ = ["JointRig", "LandmarkEmbedding", "ModelParts", "MorphableLayer", "MorphableModel", "Polygons", "load_model"]
 
 _cache: dict = {}
 

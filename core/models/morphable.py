@@ -39,6 +39,36 @@ class LandmarkEmbedding:
     bary: np.ndarray                # (L, 3) float32 barycentric coordinates in that triangle
     method: str = "given"           # how it was found ("identity", "render-detect", ...)
     error_mm: Optional[float] = None  # self-check error reported by the finder, if known
+    point_error_mm: Optional[np.ndarray] = None  # (L,) per-point self-check error, if known
+
+
+@dataclass
+class ModelParts:
+    """Named regions of a multi-part head (ICT-FaceKit: face, head and neck, teeth, eyeballs...).
+
+    Only the ``skin`` parts (the outer surface a camera sees: face, scalp, neck) take part in
+    landmark correspondence, silhouettes and photometric terms; the other parts follow the same
+    bases and are only shown (Blender, exports). ``material`` groups parts into material slots."""
+    names: list                     # P part names
+    vertex_part: np.ndarray         # (V,) int: the part of each vertex
+    skin: np.ndarray                # (P,) bool: part belongs to the outer skin
+    material: list                  # P material names (parts sharing one share a slot)
+
+
+@dataclass
+class Polygons:
+    """The model's own polygons (quads, n-gons) for Blender, with per-corner UVs (seams allowed).
+
+    ``faces`` (triangles) is what the renderer and fitter use; ``face_polygon`` says which polygon
+    each triangle came from, so per-polygon data (parts, materials) reaches triangles."""
+    sizes: np.ndarray               # (P,) corners per polygon
+    vertices: np.ndarray            # (sum(sizes),) vertex index of each corner, polygon by polygon
+    uv: Optional[np.ndarray] = None  # (sum(sizes), 2) per-corner UVs
+    face_polygon: Optional[np.ndarray] = None  # (F,) polygon of each triangle
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
 
 
 @dataclass
@@ -54,6 +84,8 @@ class MorphableModel:
     joints: Optional[JointRig] = None
     landmarks: Optional[LandmarkEmbedding] = None
     uv: Optional[np.ndarray] = None            # (V, 2) per-vertex UVs, if the model has them
+    parts: Optional[ModelParts] = None         # named regions (None: the whole mesh is skin)
+    polygons: Optional[Polygons] = None        # quads/n-gons + corner UVs (None: triangles only)
     source: str = ""                            # path or description, for reports
     notes: dict = field(default_factory=dict)   # free-form provenance (how it was built)
 
@@ -92,6 +124,44 @@ class MorphableModel:
             "landmark_method": None if self.landmarks is None else self.landmarks.method,
         }
 
+    # ------------------------------------------------------------------ parts
+    def skin_vertex_mask(self) -> np.ndarray:
+        """(V,) bool: vertices of the outer skin (all of them for a single-part model)."""
+        if self.parts is None:
+            return np.ones(self.n_vertices, bool)
+        return np.asarray(self.parts.skin, bool)[self.parts.vertex_part]
+
+    def skin_faces(self) -> np.ndarray:
+        """Indices of the triangles on the outer skin (every triangle for a single-part model)."""
+        if self.parts is None:
+            return np.arange(len(self.faces))
+        return np.nonzero(self.skin_vertex_mask()[self.faces].all(1))[0]
+
+    def face_parts(self) -> Optional[np.ndarray]:
+        """(F,) part of each triangle, or None for a single-part model."""
+        return None if self.parts is None else np.asarray(self.parts.vertex_part)[self.faces[:, 0]]
+
+    def corner_uv(self) -> Optional[np.ndarray]:
+        """(F, 3, 2) UVs per triangle corner from the polygons' corner UVs (or per-vertex UVs)."""
+        if self.polygons is not None and self.polygons.uv is not None and self.polygons.face_polygon is not None:
+            return self.polygons.uv[self._triangle_corners()].astype(np.float32)
+        if self.uv is not None:
+            return self.uv[self.faces].astype(np.float32)
+        return None
+
+    def _triangle_corners(self) -> np.ndarray:
+        """(F, 3) index into the polygons' corner arrays for each triangle corner."""
+        pg = self.polygons
+        starts = pg.starts[pg.face_polygon]                                       # (F,)
+        corners = starts[:, None] + np.arange(int(pg.sizes.max()))[None]          # candidate corners
+        corners = np.minimum(corners, len(pg.vertices) - 1)
+        cand_v = pg.vertices[corners]                                             # (F, maxsize)
+        out = np.empty(self.faces.shape, np.int64)
+        for c in range(3):
+            hit = (cand_v == self.faces[:, c:c + 1]) & (np.arange(corners.shape[1])[None] < pg.sizes[pg.face_polygon][:, None])
+            out[:, c] = corners[np.arange(len(corners)), hit.argmax(1)]
+        return out
+
     # ------------------------------------------------------------- validation
     def validate(self) -> "MorphableModel":
         """Check every array against the others; raise ModelFileError naming the first mismatch."""
@@ -121,6 +191,27 @@ class MorphableModel:
                  f"albedo basis must be (V, 3, K), got {self.albedo_basis.shape}")
         if self.uv is not None:
             need(self.uv.shape == (V, 2), f"UVs must be (V, 2), got {self.uv.shape}")
+        if self.parts is not None:
+            p = self.parts
+            P = len(p.names)
+            need(np.asarray(p.vertex_part).shape == (V,), f"vertex parts must be (V={V},), got {np.shape(p.vertex_part)}")
+            need(P > 0 and int(np.min(p.vertex_part)) >= 0 and int(np.max(p.vertex_part)) < P,
+                 f"vertex parts must index the {P} part names")
+            need(np.asarray(p.skin).shape == (P,) and len(p.material) == P,
+                 f"part skin flags and materials must have one entry per part ({P})")
+            need(bool(np.asarray(p.skin).any()), "at least one part must be skin")
+        if self.polygons is not None:
+            pg = self.polygons
+            N = int(np.sum(pg.sizes))
+            need(pg.sizes.ndim == 1 and int(pg.sizes.min()) >= 3, "polygons need at least 3 corners each")
+            need(pg.vertices.shape == (N,), f"polygon corners must be (sum(sizes)={N},), got {pg.vertices.shape}")
+            need(int(pg.vertices.min()) >= 0 and int(pg.vertices.max()) < V, "polygon corner indices out of range")
+            if pg.uv is not None:
+                need(pg.uv.shape == (N, 2), f"polygon UVs must be ({N}, 2), got {pg.uv.shape}")
+            if pg.face_polygon is not None:
+                need(pg.face_polygon.shape == (len(self.faces),), "face_polygon must have one entry per triangle")
+                need(int(pg.face_polygon.min()) >= 0 and int(pg.face_polygon.max()) < len(pg.sizes),
+                     "face_polygon indices out of range")
         if self.joints is not None:
             j = self.joints
             J = len(j.names)
