@@ -108,7 +108,13 @@ class PhotoFitter:
         self.layer = layer
         self.config = config or FitConfig()
         self.device = layer.device
-        nb, nbm = vertex_neighbours(layer.model.faces, layer.model.n_vertices)
+        self._lm_layer = layer.landmark_layer()
+        # the albedo is refined only where the photo can see it: the skin's vertices (all of a
+        # single-part model; ~11k of ICT-FaceKit's 27k, whose teeth and eyes keep the model's colours)
+        fit_faces = layer.fit_faces.cpu().numpy()
+        skin_ids, local = np.unique(fit_faces, return_inverse=True)
+        self._skin_ids = torch.as_tensor(skin_ids, device=self.device)
+        nb, nbm = vertex_neighbours(local.reshape(-1, 3), len(skin_ids))
         self._nb = torch.as_tensor(nb, device=self.device)
         self._nbm = torch.as_tensor(nbm, dtype=torch.float32, device=self.device)
 
@@ -154,6 +160,11 @@ class PhotoFitter:
             focal = f0 * torch.exp(p["log_focal"])
             return verts, cam, focal
 
+        def landmark_geometry():
+            """Only the landmarks (the landmark stage never needs the whole mesh)."""
+            lm = self._lm_layer(p["shape"], p["expr"], p.get("joint_pose"))
+            return lm @ rotation().transpose(1, 2) + translation()[:, None], f0 * torch.exp(p["log_focal"])
+
         def prior_terms():
             reg = cfg.shape_prior * (p["shape"] ** 2).sum() + cfg.expr_prior * (p["expr"] ** 2).sum()
             if "joint_pose" in p:
@@ -164,8 +175,8 @@ class PhotoFitter:
         # MAP scaling: data terms in units of the expected noise, priors as squared norms
         lm_scale = 0.5 * weights.sum().item() / cfg.landmark_sigma ** 2
 
-        def landmark_terms(cam, focal):
-            lm_cam = layer.landmarks(cam)
+        def landmark_terms(cam, focal, lm_cam=None):
+            lm_cam = layer.landmarks(cam) if lm_cam is None else lm_cam
             lm_px = project(lm_cam, focal, cx, cy)
             e = losses.landmark_loss(lm_px, target[..., :2], weights, face_size)
             d = losses.depth_loss(lm_cam, target[..., 2], weights, focal, face_size)
@@ -185,8 +196,8 @@ class PhotoFitter:
 
             def closure():
                 opt.zero_grad(set_to_none=True)
-                _, cam, focal = geometry()
-                data, _ = landmark_terms(cam, focal)
+                lm_cam, focal = landmark_geometry()
+                data, _ = landmark_terms(None, focal, lm_cam)
                 loss = data + 0.5 * prior_terms()
                 loss.backward()
                 evals[0] += 1
@@ -204,7 +215,13 @@ class PhotoFitter:
         # ---- stage 2: photometric on a face crop ----------------------------------------------
         V = layer.model.n_vertices
         albedo_coeffs = torch.zeros(1, layer.n_albedo, device=dev, requires_grad=True)
-        albedo_res = torch.zeros(1, V, 3, device=dev, requires_grad=True)
+        S = len(self._skin_ids)
+        albedo_res = torch.zeros(1, S, 3, device=dev, requires_grad=True)
+
+        def albedo():
+            base = layer.albedo(albedo_coeffs if layer.n_albedo else None).expand(1, V, 3)
+            return base.index_add(1, self._skin_ids, albedo_res).clamp(0, 1)
+
         sh = torch.zeros(1, 9, 3, device=dev)
         sh[:, 0] = 1.0 / 0.886227   # ambient light of irradiance ~1 (pi * c0)
         sh.requires_grad_(True)
@@ -225,11 +242,11 @@ class PhotoFitter:
                 opt2.zero_grad(set_to_none=True)
                 verts, cam, focal = geometry()
                 data, _ = landmark_terms(cam, focal)
-                alb = (layer.albedo(albedo_coeffs if layer.n_albedo else None) + albedo_res).clamp(0, 1)
-                photo, grad = photo_target.losses(cam, layer.faces, alb, sh, focal, cx, cy)
+                alb = albedo()
+                photo, grad = photo_target.losses(cam, layer.fit_faces, alb, sh, focal, cx, cy)
                 reg_alb = cfg.albedo_prior * (albedo_coeffs ** 2).sum() \
-                    + cfg.albedo_residual_prior * (albedo_res ** 2).sum(-1).mean() * V \
-                    + cfg.albedo_smoothness * losses.laplacian_smoothness(albedo_res, self._nb, self._nbm) * V
+                    + cfg.albedo_residual_prior * (albedo_res ** 2).sum(-1).mean() * S \
+                    + cfg.albedo_smoothness * losses.laplacian_smoothness(albedo_res, self._nb, self._nbm) * S
                 chroma = ((sh - sh.mean(-1, keepdim=True)) ** 2).sum() / (sh[:, 0] ** 2).mean().detach()
                 loss = data + 0.5 * prior_terms() + 0.5 * reg_alb + cfg.light_colour_prior * chroma \
                     + cfg.photo_weight * photo + cfg.gradient_weight * grad
@@ -245,7 +262,7 @@ class PhotoFitter:
             verts, cam, focal = geometry()
             neutral = layer.shaped(p["shape"])
             _, lm_px = landmark_terms(cam, focal)
-            alb = (layer.albedo(albedo_coeffs if layer.n_albedo else None) + albedo_res).clamp(0, 1)
+            alb = albedo()
             R = rotation()[0]
         lm_px = lm_px[0].cpu().numpy()
         det_px = target[0, :, :2].cpu().numpy()

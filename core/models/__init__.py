@@ -1,6 +1,7 @@
 """Morphable models: one interface (MorphableModel), several loaders.
 
-``load_model(spec)`` accepts "builtin", a FLAME ``.pkl`` or a FaceForge ``.npz``. Models
+``load_model(spec)`` accepts an embedded model's name ("ict", the default full head, or
+"facemask"/"builtin", the light face mask), a FLAME ``.pkl`` or a FaceForge ``.npz``. Models
 without landmark correspondences get them found automatically (see correspondence.py).
 """
 
@@ -9,20 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelFileError
+from .builtin import DEFAULT_MODEL, embedded_name
 from .morphable import JointRig, LandmarkEmbedding, ModelParts, MorphableLayer, MorphableModel, Polygons
 
-__all__ = ["JointRig", "LandmarkEmbedding", "ModelParts", "MorphableLayer", "MorphableModel", "Polygons", "load_model"]
+__all__ = ["DEFAULT_MODEL", "embedded_name", "JointRig", "LandmarkEmbedding", "ModelParts", "MorphableLayer",
+           "MorphableModel", "Polygons", "load_model"]
 
 _cache: dict = {}
 
 
-def load_model(spec="builtin", find_landmarks: bool = True) -> MorphableModel:
-    """Load a model by name or path; results are cached per (path, mtime)."""
+def load_model(spec=None, find_landmarks: bool = True) -> MorphableModel:
+    """Load a model by name or path (None = the default full head); cached per (path, mtime)."""
+    from .builtin import load_embedded
+
     if isinstance(spec, MorphableModel):
         model = spec
-    elif spec in (None, "", "builtin", "BUILTIN"):
-        from .builtin import load_builtin
-        model = load_builtin()
+    elif embedded_name(spec) is not None:
+        model = load_embedded(embedded_name(spec))
     else:
         path = Path(spec).expanduser()
         if not path.is_file():

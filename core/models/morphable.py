@@ -272,6 +272,10 @@ class MorphableLayer(torch.nn.Module):
         f32 = dict(dtype=torch.float32, device=device)
         self.register_buffer("v_template", torch.as_tensor(model.v_template, **f32))
         self.register_buffer("faces", torch.as_tensor(model.faces, dtype=torch.long, device=device))
+        # the outer skin's triangles: what photometric and silhouette terms render (teeth, eyeballs and
+        # the mouth socket are inside the head; a camera sees them only through the openings)
+        self.register_buffer("fit_faces", torch.as_tensor(model.faces[model.skin_faces()], dtype=torch.long,
+                                                          device=device))
         # (V*3, K) so a batch of coefficients is one matmul
         self.register_buffer("shape_basis", torch.as_tensor(model.shape_basis[:, :, :ks], **f32).reshape(V * 3, ks))
         self.register_buffer("expr_basis", torch.as_tensor(model.expr_basis[:, :, :ke], **f32).reshape(V * 3, ke))

@@ -1,4 +1,4 @@
-"""FaceForge ``.npz`` model format (version 1): any linear head model, in plain arrays.
+"""FaceForge ``.npz`` model format (version 2): any linear head model, in plain arrays.
 
 A FaceForge model file is a numpy ``.npz`` archive (``np.savez``/``np.savez_compressed``)
 read with ``allow_pickle=False``: it can hold only numeric and unicode-string arrays, never
@@ -23,12 +23,13 @@ Keys (V vertices, F triangles, Ks/Ke/Ka components, J joints, L landmarks)
 key                shape         dtype    meaning
 ================== ============= ======== ==========================================
 format             ()            str      must be ``"faceforge-morphable-model"``
-format_version     ()            int64    ``1``; newer versions are refused
+format_version     ()            int64    ``2`` (``1`` still loads); newer versions are refused
 name               ()            str      display name, e.g. ``"MyHead"``
 v_template         (V, 3)        float32  mean shape, metres
 faces              (F, 3)        int64    triangle vertex indices, 0-based
 shape_basis        (V, 3, Ks)    float32  identity basis, metres per unit coefficient
-expr_basis         (V, 3, Ke)    float32  expression basis (Ke may be 0)
+                                          (float16 also accepted: read as float32)
+expr_basis         (V, 3, Ke)    float32  expression basis (Ke may be 0; float16 accepted)
 expr_names         (Ke,)         str      unique names (become Blender shape keys)
 albedo_mean        (V, 3)        float32  optional, per-vertex RGB in [0, 1]
 albedo_basis       (V, 3, Ka)    float32  optional, needs albedo_mean
@@ -45,11 +46,24 @@ lm_face_index      (L,)          int64      mediapipe point index / triangle it 
 lm_bary            (L, 3)        float32    barycentric coordinates in that triangle
 lm_method          ()            str      optional, how the landmarks were found
 lm_error_mm        ()            float64  optional, self-check error in millimetres
+lm_point_error_mm  (L,)          float32  optional, self-check error of each landmark, mm
+part_names         (P,)          str      optional part group (version 2; all four or none):
+vertex_part        (V,)          int64      part of each vertex
+part_skin          (P,)          bool       part is outer skin (fitted to photos); others
+                                            (teeth, eyeballs...) follow the bases, shown only
+part_material      (P,)          str        material slot of each part
+poly_sizes         (P',)         int64    optional polygon group (version 2; sizes and
+poly_vertices      (N,)          int64      vertices together): corners per polygon and the
+                                            vertex of each corner (N = sum of sizes), for
+                                            quads/n-gons in Blender
+poly_uv            (N, 2)        float32  optional per-corner UVs (seams allowed)
+face_polygon       (F,)          int64    optional polygon each triangle of ``faces`` came from
 source             ()            str      optional provenance; if absent, the file's path
 notes_json         ()            str      optional JSON object of free-form notes
 ================== ============= ======== ==========================================
 
-Unknown keys are ignored, so later version-1 writers may add optional keys.
+Unknown keys are ignored, so later writers of a version may add optional keys. Version 2
+added the part and polygon groups; a version-1 file is a valid version-2 file without them.
 """
 
 from __future__ import annotations
@@ -64,15 +78,17 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ModelFileError, UnsafeFileError
-from .morphable import JointRig, LandmarkEmbedding, MorphableModel
+from .morphable import JointRig, LandmarkEmbedding, ModelParts, MorphableModel, Polygons
 
 FORMAT_TAG = "faceforge-morphable-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _REQUIRED = ("format", "format_version", "name", "v_template", "faces",
              "shape_basis", "expr_basis", "expr_names")
 _JOINT_KEYS = ("joint_names", "joint_parents", "joint_regressor", "lbs_weights")
 _LM_KEYS = ("lm_detector_index", "lm_face_index", "lm_bary")
+_PART_KEYS = ("part_names", "vertex_part", "part_skin", "part_material")
+_POLY_KEYS = ("poly_sizes", "poly_vertices")
 _DOC_HINT = "See docs/model_format.md for the FaceForge .npz model format."
 
 
@@ -88,8 +104,9 @@ def _json_default(obj):
     return str(obj)
 
 
-def _model_arrays(model: MorphableModel) -> dict:
+def _model_arrays(model: MorphableModel, basis_dtype=np.float32) -> dict:
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    basis = lambda a: np.ascontiguousarray(a, dtype=basis_dtype)  # noqa: E731
     i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)    # noqa: E731
 
     def strs(xs) -> np.ndarray:  # unicode, never object, so allow_pickle=False can read it
@@ -101,8 +118,8 @@ def _model_arrays(model: MorphableModel) -> dict:
         "name": np.array(str(model.name)),
         "v_template": f32(model.v_template),
         "faces": i64(model.faces),
-        "shape_basis": f32(model.shape_basis),
-        "expr_basis": f32(model.expr_basis),
+        "shape_basis": basis(model.shape_basis),
+        "expr_basis": basis(model.expr_basis),
         "expr_names": strs(model.expr_names),
         "notes_json": np.array(json.dumps(model.notes or {}, default=_json_default)),
     }
@@ -114,6 +131,17 @@ def _model_arrays(model: MorphableModel) -> dict:
         out["albedo_basis"] = f32(model.albedo_basis)
     if model.uv is not None:
         out["uv"] = f32(model.uv)
+    if model.parts is not None:
+        pt = model.parts
+        out.update(part_names=strs(pt.names), vertex_part=i64(pt.vertex_part),
+                   part_skin=np.asarray(pt.skin, dtype=bool), part_material=strs(pt.material))
+    if model.polygons is not None:
+        pg = model.polygons
+        out.update(poly_sizes=i64(pg.sizes), poly_vertices=i64(pg.vertices))
+        if pg.uv is not None:
+            out["poly_uv"] = f32(pg.uv)
+        if pg.face_polygon is not None:
+            out["face_polygon"] = i64(pg.face_polygon)
     j = model.joints
     if j is not None:
         out.update(joint_names=strs(j.names), joint_parents=i64(j.parents),
@@ -126,17 +154,22 @@ def _model_arrays(model: MorphableModel) -> dict:
                    lm_bary=f32(lm.bary), lm_method=np.array(str(lm.method)))
         if lm.error_mm is not None:
             out["lm_error_mm"] = np.array(float(lm.error_mm), dtype=np.float64)
+        if lm.point_error_mm is not None:
+            out["lm_point_error_mm"] = f32(lm.point_error_mm)
     return out
 
 
-def save_model_npz(model: MorphableModel, path, compress: bool = True) -> Path:
+def save_model_npz(model: MorphableModel, path, compress: bool = True, basis_dtype=np.float32) -> Path:
     """Write ``model`` to ``path`` exactly as given (no '.npz' is appended); returns the path.
+
+    ``basis_dtype=np.float16`` halves the size of the identity/expression bases (the default
+    ICT-FaceKit model uses it to fit the repository; it costs ~0.01 mm at most, see its note).
 
     The model is validated first and the file is written atomically (temp file + rename),
     so a failed save never leaves a half-written model behind.
     """
     model.validate()
-    arrays = _model_arrays(model)
+    arrays = _model_arrays(model, basis_dtype)
     path = Path(path)
     # temp file beside the target (same filesystem, so the rename is atomic); open() rather
     # than mkstemp so the file gets the usual permissions
@@ -260,6 +293,7 @@ def load_model_npz(path) -> MorphableModel:
         landmarks = None
         if group(_LM_KEYS, "landmarks"):
             err = opt("lm_error_mm")
+            point_err = opt("lm_point_error_mm")
             method = opt("lm_method")
             landmarks = LandmarkEmbedding(
                 detector_index=_num(_read(npz, "lm_detector_index", path), "lm_detector_index", path, np.int64),
@@ -267,7 +301,33 @@ def load_model_npz(path) -> MorphableModel:
                 bary=_num(_read(npz, "lm_bary", path), "lm_bary", path, np.float32),
                 method="given" if method is None else _text(method, "lm_method", path),
                 error_mm=None if err is None else _scalar(err, "lm_error_mm", path),
+                point_error_mm=None if point_err is None else _num(point_err, "lm_point_error_mm", path, np.float32),
             )
+            if point_err is not None and landmarks.point_error_mm.shape != landmarks.detector_index.shape:
+                raise ModelFileError(f"'{path}': 'lm_point_error_mm' must have one value per landmark "
+                                     f"({len(landmarks.detector_index)}), got shape {point_err.shape}.")
+
+        parts = None
+        if group(_PART_KEYS, "parts"):
+            skin = _read(npz, "part_skin", path)
+            if skin.dtype.kind not in "biu":
+                raise ModelFileError(f"'{path}': 'part_skin' must be booleans, got {skin.dtype}.")
+            parts = ModelParts(
+                names=_texts(_read(npz, "part_names", path), "part_names", path),
+                vertex_part=_num(_read(npz, "vertex_part", path), "vertex_part", path, np.int64),
+                skin=np.asarray(skin, dtype=bool),
+                material=_texts(_read(npz, "part_material", path), "part_material", path))
+        polygons = None
+        if group(_POLY_KEYS, "polygons"):
+            puv, fpoly = opt("poly_uv"), opt("face_polygon")
+            polygons = Polygons(
+                sizes=_num(_read(npz, "poly_sizes", path), "poly_sizes", path, np.int64),
+                vertices=_num(_read(npz, "poly_vertices", path), "poly_vertices", path, np.int64),
+                uv=None if puv is None else _num(puv, "poly_uv", path, np.float32),
+                face_polygon=None if fpoly is None else _num(fpoly, "face_polygon", path, np.int64))
+        elif "poly_uv" in keys or "face_polygon" in keys:
+            raise ModelFileError(f"'{path}': 'poly_uv'/'face_polygon' given without poly_sizes and poly_vertices. "
+                                 + _DOC_HINT)
 
         notes = {}
         notes_arr = opt("notes_json")
@@ -293,6 +353,8 @@ def load_model_npz(path) -> MorphableModel:
             joints=joints,
             landmarks=landmarks,
             uv=None if uv is None else _num(uv, "uv", path, np.float32),
+            parts=parts,
+            polygons=polygons,
             source=path if source is None else _text(source, "source", path),
             notes=notes,
         )

@@ -16,7 +16,7 @@ from ..device import resolve_device
 from ..fit import FitConfig, PhotoFit, PhotoFitter
 from ..jobs import ensure_progress
 from ..models import MorphableModel, load_model
-from ..rig import BoneSpec, CameraSpec, HeadRig
+from ..rig import BoneSpec, CameraSpec, HeadRig, expression_shape_keys, model_topology
 
 
 @dataclass
@@ -30,7 +30,7 @@ class PhotoReconstruction:
     timings: dict = field(default_factory=dict)
 
 
-def reconstruct_photo(image_path, model="builtin", device="auto", progress=None,
+def reconstruct_photo(image_path, model=None, device="auto", progress=None,
                       config: Optional[FitConfig] = None) -> PhotoReconstruction:
     """Photo file -> fitted model -> HeadRig. Raises FaceForgeError subclasses on bad input."""
     progress = ensure_progress(progress)
@@ -55,9 +55,7 @@ def reconstruct_photo(image_path, model="builtin", device="auto", progress=None,
 def head_rig_from_fit(model: MorphableModel, fit: PhotoFit, name="head", image_path=None) -> HeadRig:
     """The fitted identity as the mesh, expression components as shape keys at their fitted values."""
     P = fit.params
-    deltas = np.transpose(model.expr_basis, (2, 0, 1)).astype(np.float32)     # (K, V, 3)
-    values = np.zeros(model.n_expr, np.float32)
-    values[: len(P["expr"])] = P["expr"]
+    key_names, deltas, values = expression_shape_keys(model, P["expr"])
     bones = None
     if model.joints is not None:
         j = model.joints
@@ -69,8 +67,9 @@ def head_rig_from_fit(model: MorphableModel, fit: PhotoFit, name="head", image_p
                         translation=P["translation"].astype(np.float64), cx=float(P["cx"]), cy=float(P["cy"]),
                         image_path=image_path)
     return HeadRig(name=name, vertices=fit.vertices_neutral.astype(np.float32), faces=model.faces.copy(),
-                   shape_key_names=list(model.expr_names), shape_key_deltas=deltas, shape_key_values=values,
+                   shape_key_names=key_names, shape_key_deltas=deltas, shape_key_values=values,
                    vertex_colors=fit.vertex_albedo.astype(np.float32), uv=model.uv, bones=bones, camera=camera,
+                   topology=model_topology(model),
                    metadata={"model": model.name, "model_source": model.source,
                              "landmark_error_px": round(fit.landmark_error_px, 3)})
 

@@ -12,7 +12,7 @@ from ..detect import detect_landmarks, load_image
 from ..device import resolve_device
 from ..jobs import ensure_progress
 from ..models import MorphableModel, load_model
-from ..rig import BoneSpec, CameraSpec, HeadRig
+from ..rig import BoneSpec, CameraSpec, HeadRig, expression_shape_keys, model_topology, skin_uv
 
 
 @dataclass
@@ -22,10 +22,12 @@ class MultiPhotoReconstruction:
     model: MorphableModel
     texture: np.ndarray              # (S, S, 3) uint8 albedo
     bake: "object"                   # core.texture.BakeResult
-    uv: np.ndarray                   # (F, 3, 2)
+    uv: np.ndarray                   # (F_b, 3, 2) corner UVs of the baked triangles (bake_faces)
     images: list
     image_paths: list
     primary: int                     # the photo whose camera is the scene camera
+    bake_faces: np.ndarray = None    # (F_b, 3) the triangles the texture covers (the model's skin)
+    uv_tiles: int = 1                # the texture spans u in [0, uv_tiles)
     warnings: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
 
@@ -47,7 +49,7 @@ def photo_paths(inputs) -> list:
     return out
 
 
-def reconstruct_photos(inputs, model="builtin", device="auto", progress=None, texture_size: int = 1024,
+def reconstruct_photos(inputs, model=None, device="auto", progress=None, texture_size: int = 1024,
                        config=None) -> MultiPhotoReconstruction:
     """Photos of one person (files or a folder) -> one identity, textured head, a camera per photo."""
     from ..fit.multi_fit import fit_photos
@@ -82,15 +84,19 @@ def reconstruct_photos(inputs, model="builtin", device="auto", progress=None, te
             cams.append(CameraSpec(focal_px=v["focal"], width=W, height=H, rotation=v["R"].astype(np.float64),
                                    translation=v["t"].astype(np.float64), cx=v["cx"], cy=v["cy"],
                                    image_path=str(Path(path).resolve())))
-    uv = cylindrical_uv(mm.v_template, mm.faces)
     fallback = np.mean([f.vertex_albedo for f in multi.fits], 0)
     symmetric = _is_symmetric(mm)
-    bake = bake_texture(mm.faces, uv, views, fallback, size=texture_size, symmetric=symmetric,
-                        model_vertices=mm.v_template, device=dev)
+    layout = skin_uv(mm)
+    if layout is not None:
+        # the model's own UV layout (ICT-FaceKit: its skin tiles), so the texture fits its other assets
+        bake_faces, uv, tiles = mm.faces[layout[0]], layout[1], layout[2]
+    else:
+        bake_faces, uv, tiles = mm.faces, cylindrical_uv(mm.v_template, mm.faces), 1
+    bake = bake_texture(bake_faces, uv, views, fallback, size=texture_size, symmetric=symmetric,
+                        model_vertices=mm.v_template, device=dev, tiles=tiles)
     primary = int(np.argmin([abs(q.yaw_deg) for q in multi.quality]))     # the most frontal photo
     expr = multi.views[primary]["expr"]
-    values = np.zeros(mm.n_expr, np.float32)
-    values[: len(expr)] = expr
+    key_names, key_deltas, values = expression_shape_keys(mm, expr)
     bones = None
     if mm.joints is not None:
         j = mm.joints
@@ -99,13 +105,14 @@ def reconstruct_photos(inputs, model="builtin", device="auto", progress=None, te
                          weights=j.weights.astype(np.float32),
                          pose=multi.views[primary]["joint_pose"].astype(np.float32))
     rig = HeadRig(name=Path(paths[primary]).stem + "_multi", vertices=multi.vertices_neutral.astype(np.float32),
-                  faces=mm.faces.copy(), shape_key_names=list(mm.expr_names),
-                  shape_key_deltas=np.transpose(mm.expr_basis, (2, 0, 1)).astype(np.float32),
-                  shape_key_values=values, vertex_colors=fallback.astype(np.float32), uv=uv, bones=bones,
+                  faces=mm.faces.copy(), shape_key_names=key_names, shape_key_deltas=key_deltas,
+                  shape_key_values=values, vertex_colors=fallback.astype(np.float32),
+                  uv=uv if layout is None else mm.uv, bones=bones, topology=model_topology(mm),
                   camera=cams[primary], views=[c for i, c in enumerate(cams) if i != primary],
                   metadata={"model": mm.name, "model_source": mm.source, "photos": len(paths)})
     progress.update("done", 1.0)
     return MultiPhotoReconstruction(multi=multi, rig=rig, model=mm, texture=bake.texture, bake=bake, uv=uv,
+                                    bake_faces=bake_faces, uv_tiles=tiles,
                                     images=images, image_paths=paths, primary=primary,
                                     warnings=list(multi.warnings),
                                     timings={**multi.timings, "total_s": time.perf_counter() - t0})

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..jobs import ensure_progress
-from ..models import MorphableModel, load_model
-from ..rig import BoneSpec, CameraSpec, HeadAnimation, HeadRig
+from ..models import MorphableModel, embedded_name, load_model
+from ..models.arkit import expand_key_values
+from ..rig import BoneSpec, CameraSpec, HeadAnimation, HeadRig, expression_shape_keys, model_topology
 
 
 @dataclass
@@ -20,7 +21,7 @@ class VideoTrackResult:
     warnings: list = field(default_factory=list)
 
 
-def track_video_to_rig(video, model="builtin", device="auto", progress=None, frame_range=None,
+def track_video_to_rig(video, model=None, device="auto", progress=None, frame_range=None,
                        refine: bool = False, track_path=None, config=None) -> VideoTrackResult:
     """Video -> Track (saved to ``track_path`` when given) -> animated HeadRig."""
     from ..track.refine import refine_photometric
@@ -44,7 +45,8 @@ def rig_from_track_file(track_path, model=None) -> VideoTrackResult:
     from ..track.track_file import check_model, load_track
 
     track = load_track(track_path)
-    mm = load_model(model if model else ("builtin" if track.model_name == "builtin" else track.model_source))
+    # an embedded model is found by its name (its file moves with the add-on), others by their file
+    mm = load_model(model if model else (track.model_name if embedded_name(track.model_name) else track.model_source))
     check_model(track, mm)
     return VideoTrackResult(track=track, rig=head_rig_from_track(mm, track), model=mm, warnings=list(track.warnings))
 
@@ -78,15 +80,16 @@ def head_rig_from_track(model: MorphableModel, track) -> HeadRig:
                         cx=float(track.cx), cy=float(track.cy), image_path=track.video_path)
     values = np.zeros((T, model.n_expr), np.float32)
     values[:, : track.expr.shape[1]] = track.expr
+    key_names, deltas, _ = expression_shape_keys(model)
+    values = expand_key_values(values, len(key_names))      # combined ARKit keys stay at 0
     anim = HeadAnimation(fps=float(track.fps), frame_start=int(track.frame_start), shape_key_values=values,
                          root_rotation=root_R.astype(np.float32), root_translation=root_t.astype(np.float32),
                          joint_pose=track.joint_pose.astype(np.float32) if model.joints is not None else None,
                          valid=track.valid.copy(), video_path=track.video_path)
     return HeadRig(name=Path(str(track.video_path)).stem or "tracked_head", vertices=neutral.astype(np.float32),
-                   faces=model.faces.copy(), shape_key_names=list(model.expr_names),
-                   shape_key_deltas=np.transpose(model.expr_basis, (2, 0, 1)).astype(np.float32),
+                   faces=model.faces.copy(), shape_key_names=key_names, shape_key_deltas=deltas,
                    shape_key_values=values[ref].copy(), vertex_colors=(model.albedo_mean.copy()
                                                                         if model.albedo_mean is not None else None),
-                   uv=model.uv, bones=bones, camera=camera, animation=anim,
+                   uv=model.uv, bones=bones, camera=camera, animation=anim, topology=model_topology(model),
                    metadata={"model": model.name, "model_source": model.source, "frames": T,
                              "fps": float(track.fps)})

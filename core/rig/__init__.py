@@ -1,3 +1,5 @@
-from .head_rig import BoneSpec, CameraSpec, HeadAnimation, HeadRig
+from .head_rig import BoneSpec, CameraSpec, HeadAnimation, HeadRig, MeshTopology
+from .model_rig import expression_shape_keys, model_topology, skin_uv
 
-__all__ = ["BoneSpec", "CameraSpec", "HeadAnimation", "HeadRig"]
+__all__ = ["BoneSpec", "CameraSpec", "HeadAnimation", "HeadRig", "MeshTopology", "expression_shape_keys",
+           "model_topology", "skin_uv"]

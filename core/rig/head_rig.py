@@ -70,6 +70,20 @@ class HeadAnimation:
 
 
 @dataclass
+class MeshTopology:
+    """The model's own polygons for Blender (quads, n-gons) with per-corner UVs and material slots.
+
+    ``HeadRig.faces`` (triangles) stays the renderer's topology; when a rig has a MeshTopology the
+    Blender mesh is built from these polygons instead, on the same vertices."""
+    sizes: np.ndarray               # (P,) corners per polygon
+    vertices: np.ndarray            # (N,) vertex of each corner, polygon by polygon
+    uv: Optional[np.ndarray]        # (N, 2) per-corner UVs, or None
+    material_index: np.ndarray      # (P,) slot of each polygon in material_names
+    material_names: list            # slot names, e.g. ["skin", "eye", "teeth", "lashes", ...]
+    uv_tiles: int = 1               # skin UVs span u in [0, uv_tiles): the texture covers them side by side
+
+
+@dataclass
 class HeadRig:
     name: str
     vertices: np.ndarray            # (V, 3) neutral identity (the mesh's basis shape)
@@ -84,6 +98,7 @@ class HeadRig:
     camera: Optional[CameraSpec] = None
     views: list = field(default_factory=list)    # more CameraSpecs (one per photo of a multi-photo fit)
     animation: Optional[HeadAnimation] = None
+    topology: Optional[MeshTopology] = None      # the model's polygons/UVs/material slots (else triangles)
     metadata: dict = field(default_factory=dict)
 
     def slider_range(self) -> tuple:

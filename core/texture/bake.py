@@ -6,7 +6,8 @@ that surface point, if the point is visible there (z-buffer of that view) and fa
 - contributions are weighted by the squared cosine between normal and view ray (grazing views
   are stretched and blurry), by photo quality, and fade out near silhouettes;
 - holes (seen by no photo) are filled from the mirror texel when the model is left-right
-  symmetric, then from the fitted per-vertex albedo; a few texels are dilated past chart edges
+  symmetric (the texel whose surface point is nearest the hole's point mirrored in x, so any
+  UV layout works, not only one symmetric in u), then from the fitted per-vertex albedo; a few texels are dilated past chart edges
   so texture filtering does not bleed background into the mesh.
 """
 
@@ -20,7 +21,6 @@ import torch.nn.functional as F
 
 from ..render import rasterize
 from ..render.shading import sh_irradiance, vertex_normals
-from .uv import mirror_u
 
 
 @dataclass
@@ -31,25 +31,30 @@ class BakeResult:
     filled_from: dict           # texel counts: photos / mirror / model albedo
 
 
-def _uv_fragments(uv_corners: np.ndarray, size: int, device):
-    """Rasterise the UV layout: per texel, the triangle and its barycentrics."""
+def _uv_fragments(uv_corners: np.ndarray, size: int, device, tiles: int = 1):
+    """Rasterise the UV layout: per texel, the triangle and its barycentrics. ``tiles`` unit UV
+    tiles side by side (u in [0, tiles)) make a texture ``tiles * size`` wide."""
     F_ = len(uv_corners)
     uv = torch.as_tensor(uv_corners.reshape(-1, 2), dtype=torch.float32, device=device)
     # pinhole with focal 1 at z = 1: pixel x = u * size, row = (1 - v) * size
     pts = torch.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size, torch.ones_like(uv[:, 0])], -1)[None]
     faces = torch.arange(3 * F_, device=device).reshape(F_, 3)
-    frags = rasterize(pts, faces, 1.0, 0.0, 0.0, size, size)
+    frags = rasterize(pts, faces, 1.0, 0.0, 0.0, size, size * tiles)
     return frags.pix_to_face[0], frags.bary[0].detach()
 
 
 def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallback_albedo: np.ndarray,
-                 size: int = 512, symmetric: bool = True, model_vertices=None, device="cpu") -> BakeResult:
-    """``views``: dicts with image (H,W,3 uint8), vertices_camera (V,3), focal, cx, cy, sh (9,3), weight."""
+                 size: int = 512, symmetric: bool = True, model_vertices=None, device="cpu",
+                 tiles: int = 1) -> BakeResult:
+    """``views``: dicts with image (H,W,3 uint8), vertices_camera (V,3), focal, cx, cy, sh (9,3), weight.
+
+    ``faces`` may be a subset of the model's triangles (e.g. only its skin) with their corner UVs;
+    the texture is ``size`` high and ``tiles * size`` wide (u in [0, tiles))."""
     import cv2
 
     dev = torch.device(device)
     faces_t = torch.as_tensor(faces, dtype=torch.long, device=dev)
-    pix_to_face, bary = _uv_fragments(uv_corners, size, dev)
+    pix_to_face, bary = _uv_fragments(uv_corners, size, dev, tiles)
     chart = pix_to_face >= 0
     tf = pix_to_face[chart]                              # (N,) triangle of each chart texel
     tb = bary[chart]                                     # (N, 3)
@@ -93,29 +98,34 @@ def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallbac
         ok = seen & (wsum2 > 1e-4)
         out[ok] = (Wt[:, ok, None] * A[:, ok]).sum(0) / wsum2[ok, None]
     source = np.zeros(len(tf), np.int8)                  # 0 photo, 1 mirror, 2 model albedo
-    # symmetric fill: the mirror texel across the u of the symmetry plane
-    if symmetric and model_vertices is not None:
-        u0 = mirror_u(uv_corners, model_vertices, faces)
-        rows, cols = torch.nonzero(chart, as_tuple=True)
-        mcols = (2 * u0 * size - cols.float() - 1).round().long()
-        ok = (~seen) & (mcols >= 0) & (mcols < size)
-        idx_map = torch.full((size, size), -1, dtype=torch.long, device=dev)
-        idx_map[rows, cols] = torch.arange(len(tf), device=dev)
-        partner = torch.full_like(tf, -1)
-        partner[ok] = idx_map[rows[ok], mcols[ok].clamp(0, size - 1)]
-        use = ok & (partner >= 0)
-        use[use.clone()] &= seen[partner[use]]
-        out[use] = out[partner[use]]
-        source[use.cpu().numpy()] = 1
+    # symmetric fill: the seen texel whose surface point is nearest this one's mirror image
+    if symmetric and model_vertices is not None and (~seen).any() and seen.any():
+        from scipy.spatial import cKDTree
+
+        mv = torch.as_tensor(model_vertices, dtype=torch.float32, device=dev)
+        pts = (mv[faces_t[tf]] * tb[..., None]).sum(1).cpu().numpy()                 # (N, 3) template space
+        seen_np = seen.cpu().numpy()
+        holes = np.nonzero(~seen_np)[0]
+        seen_idx = np.nonzero(seen_np)[0]
+        mirrored = pts[holes] * np.array([-1.0, 1.0, 1.0])
+        dist, k = cKDTree(pts[seen_idx]).query(mirrored)
+        # a texel spans ~extent/size metres: farther than a few texels means no mirror partner
+        extent = float(np.ptp(pts, 0).max())
+        ok = dist < 4.0 * extent / size
+        use_np = np.zeros(len(tf), bool)
+        use_np[holes[ok]] = True
+        use = torch.as_tensor(use_np, device=dev)
+        out[use] = out[torch.as_tensor(seen_idx[k[ok]], device=dev)]
+        source[use_np] = 1
         seen = seen | use
     # model albedo for whatever is left
     fb = torch.as_tensor(fallback_albedo, dtype=torch.float32, device=dev)
     rest = ~seen
     out[rest] = (fb[faces_t[tf[rest]]] * tb[rest][..., None]).sum(1)
     source[rest.cpu().numpy()] = 2
-    tex = torch.zeros(size, size, 3, device=dev)
+    tex = torch.zeros(size, size * tiles, 3, device=dev)
     tex[chart] = out
-    cov = torch.zeros(size, size, device=dev)
+    cov = torch.zeros(size, size * tiles, device=dev)
     cov[chart] = wsum
     tex_np = (tex.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     chart_np = chart.cpu().numpy()
@@ -128,7 +138,7 @@ def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallbac
 
 
 def render_textured(vertices_camera, faces, uv_corners, texture: np.ndarray, sh, focal, cx, cy, height, width,
-                    device="cpu"):
+                    device="cpu", tiles: int = 1):
     """Render a textured, SH-lit mesh: (image (H,W,3) float, mask (H,W) bool)."""
     dev = torch.device(device)
     vc = torch.as_tensor(vertices_camera, dtype=torch.float32, device=dev)[None]
@@ -137,7 +147,7 @@ def render_textured(vertices_camera, faces, uv_corners, texture: np.ndarray, sh,
     pf, b = frags.pix_to_face[0], frags.bary[0].detach()
     m = pf >= 0
     uvc = torch.as_tensor(uv_corners, dtype=torch.float32, device=dev)[pf[m]]      # (N, 3, 2)
-    uv = (uvc * b[m][..., None]).sum(1)
+    uv = (uvc * b[m][..., None]).sum(1) * torch.tensor([1.0 / tiles, 1.0], device=dev)
     tex = torch.as_tensor(texture, dtype=torch.float32, device=dev).permute(2, 0, 1)[None] / 255.0
     grid = torch.stack([uv[:, 0] * 2 - 1, (1 - uv[:, 1]) * 2 - 1], -1)[None, None]
     albedo = F.grid_sample(tex, grid, align_corners=False, mode="bilinear")[0, :, 0].T

@@ -32,9 +32,3 @@ def cylindrical_uv(vertices: np.ndarray, faces: np.ndarray, margin: float = 0.02
     u = margin + (arc - a_lo) * scale + 0.5 * ((1 - 2 * margin) - (a_hi - a_lo) * scale)
     w = margin + (height - h_lo) * scale + 0.5 * ((1 - 2 * margin) - (h_hi - h_lo) * scale)
     return np.stack([u, w], -1).astype(np.float32)
-
-
-def mirror_u(uv_corners: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> float:
-    """The u of the left-right symmetry plane (x = 0 in model space), for symmetric hole filling."""
-    near = np.abs(vertices[faces][..., 0]) < 1e-3 * (np.ptp(vertices[:, 0]) + 1e-9) * 20
-    return float(np.median(uv_corners[..., 0][near])) if near.any() else 0.5

@@ -87,7 +87,7 @@ def refine_photometric(track: Track, model, device="auto", progress=None, steps:
             R, tt = pose()
             e = e0 + d_expr
             cam = layer(shape, e, jp) @ R.transpose(1, 2) + tt[:, None]
-            photo, grad = target.losses(cam, layer.faces, albedo, sh, track.focal, track.cx, track.cy)
+            photo, grad = target.losses(cam, layer.fit_faces, albedo, sh, track.focal, track.cx, track.cy)
             lm = lm_layer(shape, e, jp) @ R.transpose(1, 2) + tt[:, None]
             lmk = landmark_loss(project(lm, track.focal, track.cx, track.cy), tgt, w, face_size)
             loss = (cfg.photo_weight * photo + cfg.gradient_weight * grad + lm_scale * lmk

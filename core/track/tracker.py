@@ -74,7 +74,7 @@ def _log_rotation(R: np.ndarray) -> np.ndarray:
     return cv2.Rodrigues(R.astype(np.float64))[0][:, 0]
 
 
-def track_video(video, model="builtin", device="auto", progress=None, config: Optional[TrackConfig] = None,
+def track_video(video, model=None, device="auto", progress=None, config: Optional[TrackConfig] = None,
                 frame_range: Optional[tuple] = None, fps: Optional[float] = None) -> Track:
     """Track a video (or image sequence) -> Track. ``frame_range`` is (start, end) with end exclusive."""
     cfg = config or TrackConfig()
