@@ -31,16 +31,17 @@ SKIN = np.array([0.78, 0.60, 0.50], np.float32)
 
 # A point is left out when its lifts from the views lie, on average, further from their median
 # than this fraction of the outer-eye-corner distance (~9 cm on an adult, so ~9 mm): about the
-# height of an open eye, so beyond it a view may have put the point on the other eyelid or lip,
-# while the detector's own jitter on these renders and the slide of contour points with the view
-# stay well below it (measured: see tests/test_correspondence.py). A lift through a hole lands a
-# head's depth (~20 cm) away and is far above it.
+# height of an open eye, so beyond it the views may have put the point on different features
+# (upper vs lower eyelid, inner vs outer lip). Measured spreads of good points: median ~1 mm,
+# 90th percentile ~2-3 mm (built-in mask, FLAME-sized mesh, ICT-FaceKit); only face-contour points,
+# which slide over the surface as the view turns, come near it. A lift through a hole in one
+# view lands a head's depth (~20 cm) away, a spread of ~6 cm.
 MAX_SPREAD_EYE_FRACTION = 0.1
 OUTER_EYE_CORNERS = (33, 263)
 
 
 def _camera(model: MorphableModel, size: int, yaw_deg: float, device):
-    """Camera-space template vertices (V, 3) and the focal length of a view of the template."""
+    """A view of the template: camera-space vertices (V, 3), rotation, translation, focal length."""
     v = torch.as_tensor(model.v_template, dtype=torch.float32, device=device)
     lo, hi = v.min(0).values, v.max(0).values
     centre = (lo + hi) / 2
@@ -68,7 +69,8 @@ def render_template(model: MorphableModel, size: int = 640, device="cpu", yaw_de
     sh = torch.zeros(1, 9, 3, device=device)
     sh[:, 0] = 0.75 / 0.886227      # ambient
     sh[:, 2] = -0.35                # light from above (camera y points down)
-    out = render(cam[None], torch.as_tensor(model.faces, device=device), albedo, sh, focal, size / 2, size / 2, size, size)
+    faces = torch.as_tensor(model.faces, device=device)
+    out = render(cam[None], faces, albedo, sh, focal, size / 2, size / 2, size, size)
     grey = torch.tensor([0.35, 0.35, 0.38], device=device)
     img = torch.where(out.mask[..., None], out.image, grey)
     img = (img[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
@@ -87,9 +89,9 @@ def _skin_surface(model: MorphableModel, skin: np.ndarray, cam: dict):
     tri = np.where(local >= 0, skin[np.maximum(local, 0)], -1)
     corners = verts[faces].detach().cpu().numpy().astype(np.float64)          # (S, 3, 3)
     normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    facing = (normal * corners[:, 0]).sum(1) < 0                               # normal toward the eye
+    facing = (normal * corners[:, 0]).sum(1) < 0                               # normal toward the camera
     seen = local >= 0
-    if facing[local[seen]].mean() < 0.5:
+    if seen.any() and facing[local[seen]].mean() < 0.5:
         # most skin in view faces the camera on any head, so a model whose triangles are wound
         # clockwise (normals inward) shows up as mostly "back-facing": read its winding reversed
         facing = ~facing
@@ -145,6 +147,8 @@ def find_landmark_embedding(model: MorphableModel, size: int = 640, device="cpu"
                 except NoFaceError:
                     continue
                 surface = _skin_surface(model, skin, cam)
+                if not surface[2].any():          # no front-facing skin in view: nothing to lift onto
+                    continue
                 pts, in_hole = _lift(model, surface, found.points[:n, :2], size, frags.mask[0].cpu().numpy())
                 lifted.append(pts)
                 holes |= in_hole
@@ -189,8 +193,9 @@ def find_landmark_embedding(model: MorphableModel, size: int = 640, device="cpu"
     # metres -> mm (the model convention); error_mm is the views' mean disagreement over kept points
     point_error = (spread[keep] * 1000).astype(np.float32)
     rejected = len(candidates) - len(keep)
-    method = (f"render-detect x{len(lifted)}, skin-only lift ({int(holes[keep].sum())} kept points snapped "
-              f"out of holes), {rejected} rejected (views disagree > {MAX_SPREAD_EYE_FRACTION * eyes * 1000:.1f} mm)")
+    limit_mm = MAX_SPREAD_EYE_FRACTION * eyes * 1000
+    method = (f"render-detect x{len(lifted)}, skin-only lift ({int(holes[keep].sum())} kept points moved off "
+              f"holes or back faces), {rejected} rejected (views disagree > {limit_mm:.1f} mm)")
     return LandmarkEmbedding(keep, face_index[keep], bary[keep], method=method,
                              error_mm=float(point_error.mean()), point_error_mm=point_error)
 
