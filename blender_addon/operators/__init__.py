@@ -1,6 +1,6 @@
 """Operators, all under the ``faceforge.`` prefix; long ones are runner.JobOperator subclasses."""
 
-from . import export, model, photos, reconstruct, setup, track, view
+from . import arkit, export, model, photos, reconstruct, setup, track, view
 
 CLASSES = (reconstruct.CLASSES + photos.CLASSES + track.CLASSES + view.CLASSES + export.CLASSES + model.CLASSES
-           + setup.CLASSES)
+           + setup.CLASSES + arkit.CLASSES)

@@ -4,7 +4,7 @@
     1. Model    Built-in / Custom (+ Validate), device
     2. Input    a photo, a folder of photos (+ texture size), a video (+ frame range, refinement, track file)
     3. Reconstruct  from Photo / from Photos / Track Video / Import Track; the head's photo cameras
-    4. Rig      what the head has: expression shape keys (editable), armature
+    4. Rig      what the head has: expression shape keys (editable; Import ARKit Recording), armature
     5. Stylize  coming; shows whether the CLIP checkpoint is set
     6. Export   FBX rig / glTF
 
@@ -229,6 +229,7 @@ class FACEFORGE_PT_rig(_Step, bpy.types.Panel):
             layout.label(text=f"{len(keys.key_blocks) - 1} expression shape keys", icon="SHAPEKEY_DATA")
             layout.template_list("MESH_UL_shape_keys", "faceforge", keys, "key_blocks",
                                  head, "active_shape_key_index", rows=4)
+            layout.operator("faceforge.import_arkit_recording", icon="IMPORT", text="Import ARKit Recording…")
         rig = rig_of(head)
         if rig is not None:
             layout.label(text=f"{rig.name}: {len(rig.data.bones)} bones", icon="BONE_DATA")

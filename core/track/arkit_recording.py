@@ -41,6 +41,7 @@ EYE_COLUMNS = (("LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll"), ("RightEyeYaw", "R
 # timecode rates a recording may count frames at; the smallest consistent one wins
 STANDARD_RATES = (24, 25, 30, 48, 50, 60, 72, 90, 100, 120, 240)
 DEFAULT_FPS = 60.0          # Live Link Face's capture rate, used when a file has no timecodes
+_STEPS = (0.25, 1 / 3, 0.5, 1.0, 2.0, 3.0, 4.0)   # timecode frames between rows in practice
 _DAY = 24 * 3600
 _TIMECODE = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2})[:;.](\d+)(\.\d+)?\s*$")
 _LOWER = {n.lower(): n for n in ARKIT_NAMES}
@@ -152,25 +153,30 @@ def _numbers(rows, lines, header, cols, name) -> np.ndarray:
                 shown = f"'{cell}'" if cell else "an empty cell"
                 raise InputError(f"{name}, line {lines[i]}, column '{header[cols[k]].strip()}' (column {cols[k] + 1}): "
                                  f"{shown} is not a number.")
-    raise InputError(f"{name}: unreadable numbers.")  # unreachable: some cell failed above
+    raise InputError(f"{name}: some values are not numbers.")   # (the loop above names the cell first)
 
 
 def _timing(timecodes, lines, fps, name) -> tuple:
     """Timecode strings -> (seconds since the first row, fps, inferred?, warnings)."""
     sec, frame = np.empty(len(timecodes)), np.empty(len(timecodes))
-    plain = True
+    kinds = set()
     for i, tc in enumerate(timecodes):
         m = _TIMECODE.match(tc)
         if m is not None:
             h, mi, s, f = (int(g) for g in m.groups()[:4])
             sec[i] = h * 3600 + mi * 60 + s
             frame[i] = f + (float(m.group(5)) if m.group(5) else 0.0)
-            plain = False
+            kinds.add("timecode")
         elif _is_number(tc) and np.isfinite(float(tc)):          # plain seconds
             sec[i], frame[i] = float(tc), 0.0
+            kinds.add("seconds")
         else:
             raise InputError(f"{name}, line {lines[i]}: timecode '{tc}' is not hh:mm:ss:ff (as Live Link Face "
                              "writes it) nor a number of seconds.")
+        if len(kinds) > 1:
+            raise InputError(f"{name}, line {lines[i]}: timecode '{tc}' mixes hh:mm:ss:ff timecodes with plain "
+                             "seconds in one column.")
+    plain = kinds == {"seconds"}
     warnings = []
     if plain:
         t = sec - sec[0]
@@ -213,7 +219,9 @@ def _timing(timecodes, lines, fps, name) -> tuple:
         if plain:
             fps = 1.0 / float(np.median(d)) if len(d) else DEFAULT_FPS
         else:   # rows per second: the timecode rate, or more when rows carry subframes (.5 at 60 rows/s on 30)
-            fps = rate / float(np.median(np.diff(sec * rate + frame))) if len(d) else float(rate)
+            step = float(np.median(np.diff(sec * rate + frame))) if len(d) else 1.0
+            nice = min(_STEPS, key=lambda s: abs(step - s))
+            fps = rate / (nice if abs(step - nice) < 0.2 * nice else step)   # subframe jitter is not a rate
         snapped = [r for r in STANDARD_RATES + (23.976, 29.97, 59.94) if abs(fps - r) < 0.01 * r]
         fps = float(min(snapped, key=lambda r: abs(fps - r))) if snapped else float(fps)
     return t, float(fps), inferred, warnings
@@ -271,7 +279,8 @@ def load_recording(path, fps: Optional[float] = None) -> ArkitRecording:
                              "starts with Timecode,BlendShapeCount,EyeBlinkLeft,... naming its columns.")
         shown = ", ".join(h.strip() for h in header[:6]) + (", ..." if len(header) > 6 else "")
         raise InputError(f"{name} has no ARKit blendshape column (its header reads: {shown}). Expected the "
-                         "columns Live Link Face writes: EyeBlinkLeft, JawOpen, MouthSmileLeft, ... (ARKit's 52 names).")
+                         "columns Live Link Face writes: EyeBlinkLeft, JawOpen, MouthSmileLeft, ... "
+                         "(ARKit's 52 names).")
     if not rows:
         raise InputError(f"{name} has a header but no frames: the take is empty.")
     width = len(header)
