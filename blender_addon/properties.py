@@ -10,9 +10,15 @@ TEXTURE_SIZE_ITEMS = (
 )
 
 MODEL_ITEMS = (
-    ("BUILTIN", "Built-in", "FaceForge's own head model, shipped with the add-on (nothing to set up)"),
+    ("FULL_HEAD", "Full Head", "ICT-FaceKit's full head, shipped with the add-on: eyes, teeth, UVs, quads, "
+                               "ARKit-named expressions (the default)"),
+    ("BUILTIN", "Face Mask", "A light 468-vertex face mask, shipped with the add-on: fastest, face only"),
     ("CUSTOM", "Custom", "The model file set in the add-on preferences (FLAME .pkl or FaceForge .npz)"),
 )
+# the engine's name for each embedded choice
+MODEL_NAMES = {"FULL_HEAD": "ict", "BUILTIN": "facemask"}
+# names the engine reads as embedded models rather than file paths (core/models/builtin.py ALIASES)
+EMBEDDED_MODEL_NAMES = ("", "default", "ict", "ict_facekit", "facemask", "builtin")
 
 
 class FaceForgeSceneSettings(bpy.types.PropertyGroup):
@@ -20,7 +26,7 @@ class FaceForgeSceneSettings(bpy.types.PropertyGroup):
         name="Model",
         description="Which morphable head model the next reconstruction fits",
         items=MODEL_ITEMS,
-        default="BUILTIN",
+        default="FULL_HEAD",
     )
     photo_path: StringProperty(
         name="Photo",

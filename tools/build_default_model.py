@@ -238,9 +238,12 @@ def vertex_albedo(model: MorphableModel) -> np.ndarray:
     colours = np.tile(SKIN, (model.n_vertices, 1)).astype(np.float32)
     if model.landmarks is not None:
         from core.detect.landmarks import N_SURFACE_POINTS
+        from core.detect.landmarks import landmark_regions
         lm = model.landmarks
-        surf = lm.detector_index < N_SURFACE_POINTS
-        colours = _transfer_builtin_albedo(model, embedding_points(model, lm)[surf], lm.detector_index[surf])
+        # interior points only: the built-in model's colours on the face outline are largely hair,
+        # background and shadow from its training videos, and would ring the face in grey
+        use = (lm.detector_index < N_SURFACE_POINTS) & ~np.isin(lm.detector_index, landmark_regions()["face_oval"])
+        colours = _transfer_builtin_albedo(model, embedding_points(model, lm)[use], lm.detector_index[use])
     mat = np.asarray(model.parts.material)[model.parts.vertex_part]
     for name, rgb in PART_COLOUR.items():
         colours[mat == name] = rgb

@@ -1,4 +1,4 @@
-"""The main job on the embedded defaults: reconstruct the astronaut photo with the built-in model,
+"""The main job on the embedded defaults: reconstruct the astronaut photo with the default full-head model (ICT-FaceKit),
 build the Blender scene through the add-on's own operator, and export it.
 
 Writes out/demo/: astronaut.png (the input), head.blend, head.fbx, head.glb, params.json, overlay.png.
@@ -22,7 +22,7 @@ def main() -> int:
     cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
     # the add-on's headless entry point drives the same operators as the sidebar buttons
     cmd = [sys.executable, str(ROOT / "blender_addon" / "cli.py"), "reconstruct", str(photo),
-           "--model", "builtin", "--device", "auto",
+           "--model", "ict", "--device", "auto",
            "--out", str(out / "head.fbx"), "--glb", str(out / "head.glb"),
            "--blend", str(out / "head.blend"), "--report-dir", str(out)]
     code = subprocess.call(cmd)

@@ -9,8 +9,6 @@ most frontal photo's camera becomes the scene camera.
 
 import json
 import os
-import shutil
-import tempfile
 
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, IntProperty, StringProperty
@@ -78,36 +76,10 @@ class FACEFORGE_OT_reconstruct_photos(EngineOptions, JobOperator, bpy.types.Oper
 
     # -- scene (main thread, rolled back by the runner if anything raises) ---------------------
     def finish(self, context, result):
-        from ..scene.head_builder import build_head
+        from ..scene.texture import build_textured_head
         pipeline, rec = result
         rig = rec.rig
-        name = bpy.path.clean_name(rig.name or "head")
-        beside_blend = bool(paths.blend_dir())
-        if beside_blend:   # //<name>_albedo.png, never overwriting another file
-            tex_path = paths.unique_path(os.path.join(paths.blend_dir(), f"{name}_albedo.png"))
-            tmp_dir = None
-        else:              # unsaved file: a temp copy, packed into the .blend below
-            tmp_dir = tempfile.mkdtemp(prefix="faceforge_texture_")
-            tex_path = os.path.join(tmp_dir, f"{name}_albedo.png")
-        try:
-            pipeline.save_texture(rec, tex_path)
-            built = build_head(context, rig)
-            image = _texture_image(built["material"])
-            if image is None:
-                raise core.errors.FaceForgeError("The texture could not be attached to the head's material.")
-            if beside_blend:
-                image.filepath = bpy.path.relpath(tex_path)
-                where = f"saved as {image.filepath}"
-            else:
-                image.pack()
-                where = "packed into the .blend file (save the file to keep it)"
-        except BaseException:
-            if beside_blend and os.path.isfile(tex_path):
-                os.remove(tex_path)          # all or nothing: the runner removes the datablocks
-            raise
-        finally:
-            if tmp_dir is not None:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+        built, image, where = build_textured_head(context, rig, lambda path: pipeline.save_texture(rec, path))
         head = built["mesh"]
         head["faceforge_photos"] = json.dumps([str(p) for p in rec.image_paths])
         model_name = getattr(getattr(rec, "model", None), "name", None)
@@ -120,16 +92,9 @@ class FACEFORGE_OT_reconstruct_photos(EngineOptions, JobOperator, bpy.types.Oper
             self.report({"WARNING"}, w)
         if len(self._inputs) == 1 and os.path.isdir(self._inputs[0]):
             context.scene.faceforge.photos_dir = self._inputs[0]
-        size = image.size[0]
+        w, h = image.size
         return (f"Built '{head.name}' from {len(rec.image_paths)} photos: {len(head.data.vertices)} vertices, "
-                f"{size}x{size} texture {where}, {len(built['cameras'])} photo cameras")
-
-
-def _texture_image(material):
-    for node in material.node_tree.nodes:
-        if node.type == "TEX_IMAGE" and node.image is not None:
-            return node.image
-    return None
+                f"{w}x{h} texture {where}, {len(built['cameras'])} photo cameras")
 
 
 CLASSES = (FACEFORGE_OT_reconstruct_photos,)

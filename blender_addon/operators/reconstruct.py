@@ -12,6 +12,7 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from .. import dependencies, preferences
+from ..properties import EMBEDDED_MODEL_NAMES, MODEL_NAMES
 from ..engine import core, load_pipeline
 from ..runner import JobOperator, _fail_poll
 
@@ -25,12 +26,18 @@ def engine_poll(cls, context) -> bool:
     return _fail_poll(cls, message) if message else True
 
 
+def model_override(spec: str) -> str:
+    """An operator's model argument: an embedded model's name as it is, a file path made absolute."""
+    return spec if spec.strip().lower() in EMBEDDED_MODEL_NAMES else bpy.path.abspath(spec)
+
+
 class EngineOptions:
     """Mix-in for engine jobs: the model / device overrides and the shared poll (used by every
     capability: photo, photos, video)."""
 
     model: StringProperty(name="Model Override",
-                          description="'builtin' or a model file; empty uses the panel's choice and the preferences",
+                          description="'ict', 'facemask' or a model file; empty uses the panel's choice and the "
+                                      "preferences",
                           default="", options={"SKIP_SAVE"})
     device: EnumProperty(name="Device", description="Where the engine runs",
                          items=DEVICE_OVERRIDE_ITEMS, default="PREFS")
@@ -43,15 +50,15 @@ class EngineOptions:
 
     def model_spec(self, context) -> str:
         if self.model:
-            return self.model if self.model == "builtin" else bpy.path.abspath(self.model)
+            return model_override(self.model)
         if context.scene.faceforge.model_source == "CUSTOM":
             path = preferences.model_path(context)
             if not path:
                 raise core.errors.ModelFileError(
                     "The custom model is selected but no model file is set: choose a FLAME .pkl or "
-                    "FaceForge .npz in Preferences > Add-ons > FaceForge, or pick 'Built-in'.")
+                    "FaceForge .npz in Preferences > Add-ons > FaceForge, or pick 'Full Head'.")
             return path
-        return "builtin"
+        return MODEL_NAMES.get(context.scene.faceforge.model_source, "ict")
 
     def device_name(self, context) -> str:
         return preferences.device(context) if self.device == "PREFS" else self.device.lower()
@@ -104,8 +111,15 @@ class FACEFORGE_OT_reconstruct_photo(EngineOptions, JobOperator, bpy.types.Opera
     # -- scene (main thread, rolled back by the runner if anything raises) ---------------------
     def finish(self, context, result):
         from ..scene.head_builder import build_head
+        from ..scene.texture import build_textured_head
         pipeline, rec = result
-        head = build_head(context, rec.rig)["mesh"]
+        where = ""
+        if getattr(rec, "texture", None) is not None:      # models with UVs get the photo baked in
+            built, image, where = build_textured_head(context, rec.rig, lambda p: pipeline.save_texture(rec, p))
+            where = f", {image.size[0]}x{image.size[1]} texture {where}"
+        else:
+            built = build_head(context, rec.rig)
+        head = built["mesh"]
         head["faceforge_photo"] = self._photo
         model_name = getattr(getattr(rec, "model", None), "name", None)
         if model_name:
@@ -124,7 +138,7 @@ class FACEFORGE_OT_reconstruct_photo(EngineOptions, JobOperator, bpy.types.Opera
         context.scene.faceforge.photo_path = self.filepath
         keys = head.data.shape_keys
         msg = (f"Built '{head.name}': {len(head.data.vertices)} vertices, "
-               f"{max(0, len(keys.key_blocks) - 1) if keys else 0} expression keys")
+               f"{max(0, len(keys.key_blocks) - 1) if keys else 0} expression keys{where}")
         if outputs:
             msg += f"; wrote {', '.join(str(p) for p in outputs.values())}"
         return msg

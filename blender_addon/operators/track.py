@@ -17,7 +17,7 @@ from bpy.props import BoolProperty, IntProperty, StringProperty
 from .. import paths
 from ..engine import core, load_pipeline
 from ..runner import JobOperator
-from .reconstruct import EngineOptions, engine_poll, warnings_of
+from .reconstruct import EngineOptions, engine_poll, model_override, warnings_of
 
 VIDEO_GLOB = "*.mp4;*.mov;*.avi;*.mkv;*.m4v;*.webm;*.mpg;*.mpeg"
 TRACK_SUFFIX = ".fftrack.npz"
@@ -173,7 +173,7 @@ class FACEFORGE_OT_import_track(JobOperator, bpy.types.Operator):
             raise core.errors.InputError(f"The track file '{path}' does not exist.")
         model = None
         if self.model:
-            model = self.model if self.model == "builtin" else bpy.path.abspath(self.model)
+            model = model_override(self.model)
         self._track = path
 
         def work(progress):

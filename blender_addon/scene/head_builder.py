@@ -82,6 +82,18 @@ def check_rig(rig) -> None:
     if rig.uv is not None and np.asarray(rig.uv).shape not in ((len(v), 2), (len(f), 3, 2)):
         raise err(f"Head '{rig.name}': UVs must be per vertex (V={len(v)}, 2) or per triangle corner "
                   f"(F={len(f)}, 3, 2), got {np.asarray(rig.uv).shape}.")
+    tp = getattr(rig, "topology", None)
+    if tp is not None:
+        sizes, corners = np.asarray(tp.sizes), np.asarray(tp.vertices)
+        if sizes.ndim != 1 or len(sizes) == 0 or sizes.min() < 3 or corners.shape != (int(sizes.sum()),):
+            raise err(f"Head '{rig.name}': polygons need >= 3 corners each and one vertex per corner.")
+        if corners.min() < 0 or corners.max() >= len(v):
+            raise err(f"Head '{rig.name}': polygon corners must index the {len(v)} vertices.")
+        if tp.uv is not None and np.asarray(tp.uv).shape != (len(corners), 2):
+            raise err(f"Head '{rig.name}': polygon UVs must be ({len(corners)}, 2), got {np.shape(tp.uv)}.")
+        mi = np.asarray(tp.material_index)
+        if mi.shape != sizes.shape or mi.min() < 0 or mi.max() >= len(tp.material_names):
+            raise err(f"Head '{rig.name}': every polygon needs a material slot among {len(tp.material_names)}.")
     b = rig.bones
     if b is not None:
         J = len(b.names)
@@ -115,29 +127,46 @@ def check_rig(rig) -> None:
 # ----------------------------------------------------------------------------- steps
 def _make_mesh(rig, name: str):
     verts = np.ascontiguousarray(to_blender(rig.vertices), dtype=np.float32)
-    faces = np.ascontiguousarray(rig.faces, dtype=np.int32)
-    V, F = len(verts), len(faces)
+    tp = getattr(rig, "topology", None)
+    if tp is not None:            # the model's own polygons (quads) with their corner UVs
+        sizes = np.asarray(tp.sizes, dtype=np.int32)
+        corners = np.ascontiguousarray(tp.vertices, dtype=np.int32)
+        corner_uv = None if tp.uv is None else np.asarray(tp.uv, dtype=np.float32)
+    else:                         # triangles; UVs per vertex (gathered through the faces) or per corner
+        faces = np.ascontiguousarray(rig.faces, dtype=np.int32)
+        sizes = np.full(len(faces), 3, dtype=np.int32)
+        corners = faces.ravel()
+        corner_uv = None
+        if rig.uv is not None:
+            uv = np.asarray(rig.uv, dtype=np.float32)
+            corner_uv = uv.reshape(-1, 2) if uv.ndim == 3 else uv[corners]
+    V, P = len(verts), len(sizes)
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(V)
     mesh.vertices.foreach_set("co", verts.ravel())
-    mesh.loops.add(3 * F)
-    mesh.loops.foreach_set("vertex_index", faces.ravel())
-    mesh.polygons.add(F)
-    mesh.polygons.foreach_set("loop_start", np.arange(0, 3 * F, 3, dtype=np.int32))
+    mesh.loops.add(len(corners))
+    mesh.loops.foreach_set("vertex_index", corners)
+    mesh.polygons.add(P)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+    mesh.polygons.foreach_set("loop_start", starts)
     if not bpy.types.MeshPolygon.bl_rna.properties["loop_total"].is_readonly:  # Blender < 4.0
-        mesh.polygons.foreach_set("loop_total", np.full(F, 3, dtype=np.int32))
+        mesh.polygons.foreach_set("loop_total", sizes)
+    if tp is not None:
+        mesh.polygons.foreach_set("material_index", np.asarray(tp.material_index, dtype=np.int32))
     mesh.update(calc_edges=True)
     if hasattr(mesh, "shade_smooth"):  # 4.1+
         mesh.shade_smooth()
     else:
-        mesh.polygons.foreach_set("use_smooth", np.ones(F, dtype=bool))
-    if rig.uv is not None:
-        # loops are the triangle corners in face order: per-vertex UVs are gathered through the faces,
-        # per-corner UVs (F, 3, 2: seams allowed) map one to one
+        mesh.polygons.foreach_set("use_smooth", np.ones(P, dtype=bool))
+    if corner_uv is not None:
         uv_layer = mesh.uv_layers.new(name="UVMap")
-        uv = np.asarray(rig.uv, dtype=np.float32)
-        uv = uv.reshape(3 * F, 2) if uv.ndim == 3 else uv[faces.ravel()]
-        uv_layer.data.foreach_set("uv", np.ascontiguousarray(uv).ravel())
+        uv_layer.data.foreach_set("uv", np.ascontiguousarray(corner_uv).ravel())
+    if tp is not None and tp.uv_model is not None:     # the model's own layout, for its other assets
+        model_layer = mesh.uv_layers.new(name="UVMap_model")
+        model_layer.data.foreach_set("uv", np.ascontiguousarray(tp.uv_model, dtype=np.float32).ravel())
+        mesh.uv_layers.active = mesh.uv_layers["UVMap"]
+        if hasattr(mesh.uv_layers["UVMap"], "active_render"):
+            mesh.uv_layers["UVMap"].active_render = True
     if rig.vertex_colors is not None:
         attr = mesh.color_attributes.new(name="albedo", type="FLOAT_COLOR", domain="POINT")
         rgba = np.ones((V, 4), dtype=np.float32)
@@ -182,31 +211,101 @@ def _principled(nodes):
     return nodes.new("ShaderNodeBsdfPrincipled")
 
 
-def _add_material(obj, rig, name: str):
+# look of the parts that are not skin (material slot name -> sRGB colour, roughness, alpha); the eye
+# occlusion film (a soft shadow in ICT's real-time shaders) needs a gradient texture to look right,
+# so it starts invisible but stays in the mesh for artists who assign one
+PART_LOOKS = {"mouth": ((0.45, 0.18, 0.18), 0.5, 1.0), "gums": ((0.62, 0.28, 0.30), 0.35, 1.0),
+              "teeth": ((0.88, 0.86, 0.80), 0.3, 1.0), "eye": (None, 0.15, 1.0),
+              "eye_wet": ((0.9, 0.9, 0.9), 0.05, 0.08), "eye_occlusion": ((0.05, 0.03, 0.03), 1.0, 0.0),
+              "lashes": ((0.05, 0.04, 0.03), 0.8, 0.85)}
+
+
+def _new_material(name: str):
     mat = bpy.data.materials.new(name)
     if mat.node_tree is None:  # 5.0 creates the node tree itself; use_nodes is deprecated there
         mat.use_nodes = True
+    return mat
+
+
+def _set_alpha(mat, bsdf, alpha: float) -> None:
+    """Alpha-blended surface (lashes, wet films) in every Blender version and in glTF exports."""
+    if alpha >= 1.0:
+        return
+    if "Alpha" in bsdf.inputs:
+        bsdf.inputs["Alpha"].default_value = alpha
+    if hasattr(mat, "surface_render_method"):      # EEVEE Next (4.2+)
+        mat.surface_render_method = "BLENDED"
+    if hasattr(mat, "blend_method"):               # legacy EEVEE and the glTF exporter read this
+        try:
+            mat.blend_method = "BLEND"
+        except TypeError:
+            pass
+    mat.diffuse_color = (*mat.diffuse_color[:3], alpha)
+
+
+def _vertex_colour_node(mat, nodes, links, bsdf, colours) -> None:
+    # solid-mode viewport colour: the mean colour (the nodes are for renders and exports)
+    mean = srgb_to_linear(np.asarray(colours, dtype=np.float64).mean(0))
+    mat.diffuse_color = (*mean.tolist(), 1.0)
+    col = nodes.new("ShaderNodeVertexColor")  # "Color Attribute" node
+    col.layer_name = "albedo"
+    col.location = (bsdf.location.x - 300, bsdf.location.y)
+    links.new(col.outputs["Color"], bsdf.inputs["Base Color"])
+
+
+def _skin_material(rig, name: str, colours=None):
+    mat = _new_material(name)
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = _principled(nodes)
     if "Roughness" in bsdf.inputs:
         bsdf.inputs["Roughness"].default_value = 0.6
-    texture = rig.texture_path if (rig.texture_path and rig.uv is not None
-                                   and os.path.isfile(rig.texture_path)) else None
+    has_uv = rig.uv is not None or getattr(rig, "topology", None) is not None
+    texture = rig.texture_path if (rig.texture_path and has_uv and os.path.isfile(rig.texture_path)) else None
     if texture:
         tex = nodes.new("ShaderNodeTexImage")
         tex.image = bpy.data.images.load(texture, check_existing=True)
         tex.location = (bsdf.location.x - 400, bsdf.location.y)
         links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
-    elif rig.vertex_colors is not None:
-        # solid-mode viewport colour: the mean skin tone (the nodes below are for renders)
-        mean = srgb_to_linear(np.asarray(rig.vertex_colors, dtype=np.float64).mean(0))
-        mat.diffuse_color = (*mean.tolist(), 1.0)
-        col = nodes.new("ShaderNodeVertexColor")  # "Color Attribute" node
-        col.layer_name = "albedo"
-        col.location = (bsdf.location.x - 300, bsdf.location.y)
-        links.new(col.outputs["Color"], bsdf.inputs["Base Color"])
-    obj.data.materials.append(mat)
+    elif colours is not None:
+        _vertex_colour_node(mat, nodes, links, bsdf, colours)
     return mat
+
+
+def _part_material(rig, slot: str, name: str):
+    colour, roughness, alpha = PART_LOOKS.get(slot, ((0.6, 0.6, 0.6), 0.5, 1.0))
+    mat = _new_material(name)
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = _principled(nodes)
+    if "Roughness" in bsdf.inputs:
+        bsdf.inputs["Roughness"].default_value = roughness
+    if colour is None and rig.vertex_colors is not None:      # eyes: sclera and iris from vertex colours
+        _vertex_colour_node(mat, nodes, links, bsdf, rig.vertex_colors)
+        mat.diffuse_color = (0.8, 0.78, 0.76, 1.0)            # solid viewport: the sclera's white
+    else:
+        rgb = srgb_to_linear(np.asarray(colour if colour is not None else (0.9, 0.9, 0.9)))
+        bsdf.inputs["Base Color"].default_value = (*rgb.tolist(), 1.0)
+        mat.diffuse_color = (*rgb.tolist(), 1.0)
+    _set_alpha(mat, bsdf, alpha)
+    return mat
+
+
+def _add_material(obj, rig, name: str):
+    """Material slots: one per part material of the model's topology (skin first), else one skin
+    material. Returns the skin material."""
+    tp = getattr(rig, "topology", None)
+    if tp is None:
+        mat = _skin_material(rig, name, rig.vertex_colors)
+        obj.data.materials.append(mat)
+        return mat
+    skin = None
+    base = name[:-5] if name.endswith("_skin") else name
+    for slot in tp.material_names:
+        if slot == "skin":
+            mat = skin = _skin_material(rig, f"{base}_skin", rig.vertex_colors)
+        else:
+            mat = _part_material(rig, slot, f"{base}_{slot}")
+        obj.data.materials.append(mat)
+    return skin if skin is not None else obj.data.materials[0]
 
 
 def _camera_pose(cam) -> tuple:

@@ -27,6 +27,7 @@ class BatchPriors:
     landmark_sigma: float = 0.012      # detector noise as a fraction of the face size
     depth_weight: float = 0.05
     expr_prior: float = 1.0
+    expr_bound_weight: float = 1e4     # blendshape models (weights in 0..1): a stiff wall at the range's ends
     shape_prior: float = 1.0
     joint_prior: float = 4.0
     focal_prior: float = 50.0          # on log(focal / initial focal)
@@ -170,6 +171,7 @@ class BatchLandmarkFitter:
             dz = (focal[:, None] * (z - zm) / zm - (tgt[..., 2] - tgt[..., 2].mean(-1, keepdim=True))) / size[:, None]
             depth = ((w * dz * dz).sum(-1) * vmask).sum() / w.sum()
             loss = self.lm_scale * (data + pr.depth_weight * depth) + 0.5 * pr.expr_prior * (p["expr"] ** 2).sum()
+            loss = loss + pr.expr_bound_weight * self.layer.expr_bound_penalty(p["expr"])
             if nj:
                 loss = loss + 0.5 * pr.joint_prior * 100 * (p["joint"] ** 2).sum()
             if fit_identity:

@@ -44,6 +44,7 @@ class FitConfig:
     light_colour_prior: float = 20.0   # light is near white: penalise SH differences between channels
     shape_prior: float = 1.0           # weights of the N(0,1) coefficient priors
     expr_prior: float = 1.0
+    expr_bound_weight: float = 1e4    # blendshape models (weights in 0..1): a stiff wall at the range's ends
     albedo_prior: float = 1.0
     albedo_residual_prior: float = 40.0
     albedo_smoothness: float = 20.0
@@ -167,6 +168,7 @@ class PhotoFitter:
 
         def prior_terms():
             reg = cfg.shape_prior * (p["shape"] ** 2).sum() + cfg.expr_prior * (p["expr"] ** 2).sum()
+            reg = reg + cfg.expr_bound_weight * layer.expr_bound_penalty(p["expr"])
             if "joint_pose" in p:
                 reg = reg + cfg.joint_prior * (p["joint_pose"] ** 2).sum() * 100
             reg = reg + cfg.focal_prior * (p["log_focal"] ** 2).sum() * 100

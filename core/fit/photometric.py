@@ -26,6 +26,52 @@ def face_mask(landmarks_px: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask.astype(np.float32)
 
 
+def face_hull_weight(landmarks_px: np.ndarray, height: int, width: int, inset: float = 0.06,
+                     feather: float = 0.08) -> np.ndarray:
+    """(H, W) float in [0, 1]: 1 well inside the detected face's outline, 0 within ``inset`` x the
+    face size of it (the outline itself often runs through hair or shadow), fading over ``feather``. Texture baking reads colour only there: outside lie hair, collars,
+    hands and background, which the head's geometry alone cannot tell from skin."""
+    import cv2
+
+    pts = landmarks_px[:468, :2]
+    inside = np.zeros((height, width), np.uint8)
+    cv2.fillConvexPoly(inside, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
+    size = float(max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1]), 1.0))
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    return np.clip((dist - inset * size) / max(feather * size, 1.0), 0.0, 1.0).astype(np.float32)
+
+
+def skin_weight(image_rgb: np.ndarray, landmarks_px: np.ndarray) -> np.ndarray:
+    """(H, W) float in [0, 1]: where a photo's colour may go into a skin texture.
+
+    The detected face's outline (``face_hull_weight``) times how skin-like each pixel is: a robust
+    colour model (median and spread of chroma and luma) of the face's own skin, so hair falling on
+    the forehead, a beard's edge or a hand inside the outline are left to the fill. Eyes, brows and
+    lips are kept whatever their colour: they are the person's features."""
+    import cv2
+
+    H, W = image_rgb.shape[:2]
+    hull = face_hull_weight(landmarks_px, H, W)
+    regions = landmark_regions()
+    pts = landmarks_px[:468, :2]
+    features = np.zeros((H, W), np.uint8)
+    for key in ("left_eye", "right_eye", "left_eyebrow", "right_eyebrow", "lips"):
+        if key in regions:
+            cv2.fillConvexPoly(features, cv2.convexHull(np.round(pts[regions[key]]).astype(np.int32)), 1)
+    size = float(max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1]), 1.0))
+    k = max(3, int(0.04 * size) | 1)
+    features = cv2.dilate(features, np.ones((k, k), np.uint8))
+    ycc = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    sample = ycc[(hull > 0.99) & (features == 0)]
+    if len(sample) < 50:
+        return hull
+    med = np.median(sample, 0)
+    spread = 1.4826 * np.median(np.abs(sample - med), 0) + np.array([8.0, 3.0, 3.0])   # MAD -> sigma, floors
+    z = (ycc - med) / (spread * np.array([3.0, 2.5, 2.5]))    # luma varies with shading: looser
+    like = np.exp(-0.5 * (z ** 2).sum(-1))
+    return (hull * np.maximum(like, features.astype(np.float32))).astype(np.float32)
+
+
 class PhotometricTarget:
     """A photo's face crop as a differentiable rendering target."""
 

@@ -124,6 +124,13 @@ class MorphableModel:
             "landmark_method": None if self.landmarks is None else self.landmarks.method,
         }
 
+    @property
+    def expr_range(self) -> Optional[tuple]:
+        """(lo, hi) for blendshape models whose expression weights live in a range (ICT-FaceKit,
+        ARKit: 0..1; from notes["expr_range"]); None for PCA expression spaces (~N(0, 1))."""
+        r = self.notes.get("expr_range") if isinstance(self.notes, dict) else None
+        return None if r is None else (float(r[0]), float(r[1]))
+
     # ------------------------------------------------------------------ parts
     def skin_vertex_mask(self) -> np.ndarray:
         """(V,) bool: vertices of the outer skin (all of them for a single-part model)."""
@@ -272,6 +279,7 @@ class MorphableLayer(torch.nn.Module):
         f32 = dict(dtype=torch.float32, device=device)
         self.register_buffer("v_template", torch.as_tensor(model.v_template, **f32))
         self.register_buffer("faces", torch.as_tensor(model.faces, dtype=torch.long, device=device))
+        self.expr_range = model.expr_range
         # the outer skin's triangles: what photometric and silhouette terms render (teeth, eyeballs and
         # the mouth socket are inside the head; a camera sees them only through the openings)
         self.register_buffer("fit_faces", torch.as_tensor(model.faces[model.skin_faces()], dtype=torch.long,
@@ -362,6 +370,14 @@ class MorphableLayer(torch.nn.Module):
         world[:, :, :3, 3] = world[:, :, :3, 3] - rest
         T = torch.einsum("vj,bjik->bvik", self.lbs_weights, world)           # (B, V, 4, 4)
         return torch.einsum("bvik,bvk->bvi", T[:, :, :3, :3], v) + T[:, :, :3, 3]
+
+    def expr_bound_penalty(self, expr: torch.Tensor) -> torch.Tensor:
+        """Squared distance of expression weights outside the model's range (0 for PCA models):
+        fitters add it with a large weight so blendshape weights stay where artists expect them."""
+        if self.expr_range is None:
+            return expr.new_zeros(())
+        lo, hi = self.expr_range
+        return (torch.relu(lo - expr) ** 2).sum() + (torch.relu(expr - hi) ** 2).sum()
 
     def landmark_layer(self) -> "LandmarkLayer":
         """A cheap evaluator of the landmarks alone (cost independent of the mesh size)."""

@@ -16,7 +16,8 @@ from ..device import resolve_device
 from ..fit import FitConfig, PhotoFit, PhotoFitter
 from ..jobs import ensure_progress
 from ..models import MorphableModel, load_model
-from ..rig import BoneSpec, CameraSpec, HeadRig, expression_shape_keys, model_topology
+from ..rig import BoneSpec, CameraSpec, HeadRig
+from ..rig.model_rig import expression_shape_keys, model_topology, skin_uv
 
 
 @dataclass
@@ -28,11 +29,17 @@ class PhotoReconstruction:
     image_path: str
     warnings: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    texture: Optional[np.ndarray] = None   # (S, tiles*S, 3) uint8 albedo in the model's own UVs, if it has any
+    bake: Optional[object] = None          # core.texture.BakeResult
 
 
 def reconstruct_photo(image_path, model=None, device="auto", progress=None,
-                      config: Optional[FitConfig] = None) -> PhotoReconstruction:
-    """Photo file -> fitted model -> HeadRig. Raises FaceForgeError subclasses on bad input."""
+                      config: Optional[FitConfig] = None, texture_size: int = 1024) -> PhotoReconstruction:
+    """Photo file -> fitted model -> HeadRig. Raises FaceForgeError subclasses on bad input.
+
+    When the model has its own UVs (the default full head) the photo is also baked into a skin
+    texture in that layout (``texture_size`` pixels high; 0 skips it); the unseen side is filled
+    from the mirror image, then from the fitted colours."""
     progress = ensure_progress(progress)
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -46,10 +53,42 @@ def reconstruct_photo(image_path, model=None, device="auto", progress=None,
     fitter = PhotoFitter(mm.layer(dev), config)
     fit = fitter.fit(image, det, progress=progress.sub(0.12, 0.97))
     rig = head_rig_from_fit(mm, fit, name=Path(image_path).stem, image_path=str(Path(image_path).resolve()))
+    bake = None
+    t2 = time.perf_counter()
+    if texture_size and skin_uv(mm) is not None:
+        progress.update("baking the texture", 0.97)
+        bake = bake_fit_texture(mm, fit, image, det.points, texture_size, dev)
     progress.update("done", 1.0)
     return PhotoReconstruction(fit=fit, rig=rig, model=mm, image=image, image_path=str(image_path),
                                warnings=list(fit.warnings),
-                               timings={"detect_s": t1 - t0, **fit.timings, "total_s": time.perf_counter() - t0})
+                               timings={"detect_s": t1 - t0, **fit.timings, "texture_s": time.perf_counter() - t2,
+                                        "total_s": time.perf_counter() - t0},
+                               texture=None if bake is None else bake.texture, bake=bake)
+
+
+def fill_albedo(model: MorphableModel, fitted: np.ndarray) -> np.ndarray:
+    """Colours for texels no photo shows well: one flat skin colour (the bake tones it to the photo's
+    median skin), so scalp and neck continue the face without seams. Neither the fitted per-vertex
+    albedo (near the face's edge it has absorbed hair and shadow) nor a model's mean albedo (its
+    features would sit where the photo's do not) is smeared there."""
+    skin = model.skin_vertex_mask()
+    return np.tile(np.median(np.asarray(fitted)[skin], 0), (model.n_vertices, 1)).astype(np.float32)
+
+
+def bake_fit_texture(model: MorphableModel, fit: PhotoFit, image: np.ndarray, landmarks_px: np.ndarray, size: int,
+                     device="cpu"):
+    """One photo's colours, de-lit by the fitted light, baked into the model's skin UVs."""
+    from ..fit.photometric import skin_weight
+    from ..texture import bake_texture
+    from .photos import is_symmetric
+
+    faces_idx, uv, tiles = skin_uv(model)
+    P = fit.params
+    view = dict(image=image, vertices_camera=fit.vertices_camera, focal=float(P["focal"]), cx=float(P["cx"]),
+                cy=float(P["cy"]), sh=P["sh"], weight=1.0,
+                mask=skin_weight(image, landmarks_px))
+    return bake_texture(model.faces[faces_idx], uv, [view], fill_albedo(model, fit.vertex_albedo), size=size,
+                        symmetric=is_symmetric(model), model_vertices=model.v_template, device=device, tiles=tiles)
 
 
 def head_rig_from_fit(model: MorphableModel, fit: PhotoFit, name="head", image_path=None) -> HeadRig:

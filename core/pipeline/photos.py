@@ -12,7 +12,8 @@ from ..detect import detect_landmarks, load_image
 from ..device import resolve_device
 from ..jobs import ensure_progress
 from ..models import MorphableModel, load_model
-from ..rig import BoneSpec, CameraSpec, HeadRig, expression_shape_keys, model_topology, skin_uv
+from ..rig import BoneSpec, CameraSpec, HeadRig
+from ..rig.model_rig import expression_shape_keys, model_topology, skin_uv
 
 
 @dataclass
@@ -53,6 +54,8 @@ def reconstruct_photos(inputs, model=None, device="auto", progress=None, texture
                        config=None) -> MultiPhotoReconstruction:
     """Photos of one person (files or a folder) -> one identity, textured head, a camera per photo."""
     from ..fit.multi_fit import fit_photos
+    from ..fit.photometric import skin_weight
+    from .photo import fill_albedo
     from ..texture import bake_texture, cylindrical_uv
 
     progress = ensure_progress(progress)
@@ -74,25 +77,26 @@ def reconstruct_photos(inputs, model=None, device="auto", progress=None, texture
     views, cams = [], []
     with torch.no_grad():
         shape = torch.as_tensor(multi.shape[None], device=dev)
-        for img, v, q, path in zip(images, multi.views, multi.quality, paths):
+        for img, det, v, q, path in zip(images, dets, multi.views, multi.quality, paths):
             joint = torch.as_tensor(v["joint_pose"][None], device=dev) if mm.joints is not None else None
             verts = layer(shape, torch.as_tensor(v["expr"][None], device=dev), joint)[0].cpu().numpy()
             cam_v = verts @ v["R"].T + v["t"]
             views.append(dict(image=img, vertices_camera=cam_v, focal=v["focal"], cx=v["cx"], cy=v["cy"],
-                              sh=v["sh"], weight=1.0 / q.noise_scale ** 2))
+                              sh=v["sh"], weight=1.0 / q.noise_scale ** 2,
+                              mask=skin_weight(img, det.points)))
             H, W = v["image_size"]
             cams.append(CameraSpec(focal_px=v["focal"], width=W, height=H, rotation=v["R"].astype(np.float64),
                                    translation=v["t"].astype(np.float64), cx=v["cx"], cy=v["cy"],
                                    image_path=str(Path(path).resolve())))
     fallback = np.mean([f.vertex_albedo for f in multi.fits], 0)
-    symmetric = _is_symmetric(mm)
+    symmetric = is_symmetric(mm)
     layout = skin_uv(mm)
     if layout is not None:
         # the model's own UV layout (ICT-FaceKit: its skin tiles), so the texture fits its other assets
         bake_faces, uv, tiles = mm.faces[layout[0]], layout[1], layout[2]
     else:
         bake_faces, uv, tiles = mm.faces, cylindrical_uv(mm.v_template, mm.faces), 1
-    bake = bake_texture(bake_faces, uv, views, fallback, size=texture_size, symmetric=symmetric,
+    bake = bake_texture(bake_faces, uv, views, fill_albedo(mm, fallback), size=texture_size, symmetric=symmetric,
                         model_vertices=mm.v_template, device=dev, tiles=tiles)
     primary = int(np.argmin([abs(q.yaw_deg) for q in multi.quality]))     # the most frontal photo
     expr = multi.views[primary]["expr"]
@@ -118,7 +122,7 @@ def reconstruct_photos(inputs, model=None, device="auto", progress=None, texture
                                     timings={**multi.timings, "total_s": time.perf_counter() - t0})
 
 
-def _is_symmetric(model: MorphableModel, tol_m: float = 0.002) -> bool:
+def is_symmetric(model: MorphableModel, tol_m: float = 0.002) -> bool:
     """Whether the template is left-right symmetric (mirror hole filling is then safe)."""
     v = model.v_template[:: max(1, model.n_vertices // 2000)]        # a subsample is enough
     mirrored = v * np.array([-1.0, 1.0, 1.0])
@@ -126,8 +130,8 @@ def _is_symmetric(model: MorphableModel, tol_m: float = 0.002) -> bool:
     return bool(np.median(d) < tol_m)
 
 
-def save_texture(rec: MultiPhotoReconstruction, path) -> str:
-    """Write the albedo texture as PNG and point the rig at it."""
+def save_texture(rec, path) -> str:
+    """Write a reconstruction's albedo texture (``rec.texture``) as PNG and point its rig at it."""
     import cv2
 
     path = Path(path)

@@ -10,7 +10,8 @@ import numpy as np
 from ..jobs import ensure_progress
 from ..models import MorphableModel, embedded_name, load_model
 from ..models.arkit import expand_key_values
-from ..rig import BoneSpec, CameraSpec, HeadAnimation, HeadRig, expression_shape_keys, model_topology
+from ..rig import BoneSpec, CameraSpec, HeadAnimation, HeadRig
+from ..rig.model_rig import expression_shape_keys, model_topology
 
 
 @dataclass

@@ -1,5 +1,5 @@
-from .head_rig import BoneSpec, CameraSpec, HeadAnimation, HeadRig, MeshTopology
-from .model_rig import expression_shape_keys, model_topology, skin_uv
+"""Plain arrays describing a rigged head (no bpy, no torch); ``model_rig`` derives them from a model."""
 
-__all__ = ["BoneSpec", "CameraSpec", "HeadAnimation", "HeadRig", "MeshTopology", "expression_shape_keys",
-           "model_topology", "skin_uv"]
+from .head_rig import BoneSpec, CameraSpec, HeadAnimation, HeadRig, MeshTopology
+
+__all__ = ["BoneSpec", "CameraSpec", "HeadAnimation", "HeadRig", "MeshTopology"]

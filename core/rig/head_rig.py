@@ -77,10 +77,11 @@ class MeshTopology:
     Blender mesh is built from these polygons instead, on the same vertices."""
     sizes: np.ndarray               # (P,) corners per polygon
     vertices: np.ndarray            # (N,) vertex of each corner, polygon by polygon
-    uv: Optional[np.ndarray]        # (N, 2) per-corner UVs, or None
+    uv: Optional[np.ndarray]        # (N, 2) per-corner UVs (skin: u / uv_tiles, matching the texture), or None
     material_index: np.ndarray      # (P,) slot of each polygon in material_names
     material_names: list            # slot names, e.g. ["skin", "eye", "teeth", "lashes", ...]
-    uv_tiles: int = 1               # skin UVs span u in [0, uv_tiles): the texture covers them side by side
+    uv_tiles: int = 1               # the model's skin UVs span u in [0, uv_tiles): one texture holds them side by side
+    uv_model: Optional[np.ndarray] = None  # (N, 2) the model's own UVs, when they differ from ``uv``
 
 
 @dataclass

@@ -32,9 +32,17 @@ def model_topology(model: MorphableModel) -> Optional[MeshTopology]:
     else:
         material_index = np.zeros(len(pg.sizes), np.int64)
         names = ["skin"]
-    return MeshTopology(sizes=pg.sizes.copy(), vertices=pg.vertices.copy(),
-                        uv=None if pg.uv is None else pg.uv.copy(), material_index=material_index,
-                        material_names=names, uv_tiles=skin_uv_tiles(model))
+    tiles = skin_uv_tiles(model)
+    uv = None if pg.uv is None else pg.uv.copy()
+    if uv is not None and tiles > 1 and "skin" in names:
+        # the skin texture holds the model's skin tiles side by side in one image: the skin
+        # corners' u is divided by the tile count so every viewer and exporter reads it right;
+        # the model's own UVs stay available as uv_model
+        corner_slot = np.repeat(material_index, pg.sizes)
+        uv[corner_slot == names.index("skin"), 0] /= tiles
+    return MeshTopology(sizes=pg.sizes.copy(), vertices=pg.vertices.copy(), uv=uv, material_index=material_index,
+                        material_names=names, uv_tiles=tiles,
+                        uv_model=None if pg.uv is None or tiles == 1 else pg.uv.copy())
 
 
 def skin_material_faces(model: MorphableModel) -> np.ndarray:

@@ -5,6 +5,9 @@ that surface point, if the point is visible there (z-buffer of that view) and fa
 - lighting is removed by dividing by the view's fitted SH irradiance at the point's normal;
 - contributions are weighted by the squared cosine between normal and view ray (grazing views
   are stretched and blurry), by photo quality, and fade out near silhouettes;
+- a view may carry a ``mask`` (H, W) weight in [0, 1]: only there is its colour skin (the
+  detected face's outline: hair, collars and hands are not); the weight fades at its edge, where
+  the fill below takes over smoothly;
 - holes (seen by no photo) are filled from the mirror texel when the model is left-right
   symmetric (the texel whose surface point is nearest the hole's point mirrored in x, so any
   UV layout works, not only one symmetric in u), then from the fitted per-vertex albedo; a few texels are dilated past chart edges
@@ -46,7 +49,8 @@ def _uv_fragments(uv_corners: np.ndarray, size: int, device, tiles: int = 1):
 def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallback_albedo: np.ndarray,
                  size: int = 512, symmetric: bool = True, model_vertices=None, device="cpu",
                  tiles: int = 1) -> BakeResult:
-    """``views``: dicts with image (H,W,3 uint8), vertices_camera (V,3), focal, cx, cy, sh (9,3), weight.
+    """``views``: dicts with image (H,W,3 uint8), vertices_camera (V,3), focal, cx, cy, sh (9,3), weight,
+    and optionally mask (H,W) float in [0, 1] (where the photo shows skin).
 
     ``faces`` may be a subset of the model's triangles (e.g. only its skin) with their corner UVs;
     the texture is ``size`` high and ``tiles * size`` wide (u in [0, tiles))."""
@@ -82,12 +86,15 @@ def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallbac
         irradiance = sh_irradiance(n[None], torch.as_tensor(view["sh"], dtype=torch.float32, device=dev)[None])[0]
         albedo = (colour / irradiance.clamp_min(0.05)).clamp(0, 1)
         w = visible.float() * cos.clamp(0, 1) ** 2 * float(view.get("weight", 1.0))
+        if view.get("mask") is not None:
+            m = torch.as_tensor(view["mask"], dtype=torch.float32, device=dev)[None, None]
+            w = w * F.grid_sample(m, grid, align_corners=False, mode="bilinear")[0, 0, 0]
         per_view.append((albedo, w))
     A = torch.stack([a for a, _ in per_view])            # (K, N, 3)
     Wt = torch.stack([w for _, w in per_view])           # (K, N)
     wsum = Wt.sum(0)
     seen = wsum > 1e-3
-    out = torch.zeros(len(tf), 3, device=dev)
+    out = torch.zeros(len(tf), 3, device=dev)      # photo colour (meaningful where seen)
     out[seen] = (Wt[:, seen, None] * A[:, seen]).sum(0) / wsum[seen, None]
     if len(views) > 1:
         # robust second pass: a view that disagrees with the blend (a hand, hair, a highlight
@@ -97,32 +104,37 @@ def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallbac
         wsum2 = Wt.sum(0)
         ok = seen & (wsum2 > 1e-4)
         out[ok] = (Wt[:, ok, None] * A[:, ok]).sum(0) / wsum2[ok, None]
-    source = np.zeros(len(tf), np.int8)                  # 0 photo, 1 mirror, 2 model albedo
-    # symmetric fill: the seen texel whose surface point is nearest this one's mirror image
-    if symmetric and model_vertices is not None and (~seen).any() and seen.any():
+    # how much each texel trusts the photos: full from a weight of FULL_WEIGHT up (a frontal,
+    # unmasked view gives 1), fading to 0, where the mirror texel or the fill below takes over
+    FULL_WEIGHT = 0.3
+    alpha = (wsum / FULL_WEIGHT).clamp(0, 1)
+    # what the photos do not give: the model's per-vertex albedo, toned so its median matches the
+    # photos' median skin colour, so scalp and neck continue the face's colour
+    fb = torch.as_tensor(fallback_albedo, dtype=torch.float32, device=dev)
+    base = (fb[faces_t[tf]] * tb[..., None]).sum(1)
+    well = alpha >= 1.0
+    if bool(well.any()):
+        ratio = (out[well].median(0).values / base.median(0).values.clamp_min(1e-3)).clamp(0.3, 3.0)
+        base = (base * ratio).clamp(0, 1)
+    mirrored = torch.zeros(len(tf), dtype=torch.bool, device=dev)
+    # symmetric fill: a well-seen texel whose surface point is nearest this one's mirror image
+    if symmetric and model_vertices is not None and bool((alpha < 1).any()) and bool(well.any()):
         from scipy.spatial import cKDTree
 
         mv = torch.as_tensor(model_vertices, dtype=torch.float32, device=dev)
         pts = (mv[faces_t[tf]] * tb[..., None]).sum(1).cpu().numpy()                 # (N, 3) template space
-        seen_np = seen.cpu().numpy()
-        holes = np.nonzero(~seen_np)[0]
-        seen_idx = np.nonzero(seen_np)[0]
-        mirrored = pts[holes] * np.array([-1.0, 1.0, 1.0])
-        dist, k = cKDTree(pts[seen_idx]).query(mirrored)
+        well_np = well.cpu().numpy()
+        need = np.nonzero(~well_np)[0]
+        donors = np.nonzero(well_np)[0]
+        dist, k = cKDTree(pts[donors]).query(pts[need] * np.array([-1.0, 1.0, 1.0]))
         # a texel spans ~extent/size metres: farther than a few texels means no mirror partner
         extent = float(np.ptp(pts, 0).max())
         ok = dist < 4.0 * extent / size
-        use_np = np.zeros(len(tf), bool)
-        use_np[holes[ok]] = True
-        use = torch.as_tensor(use_np, device=dev)
-        out[use] = out[torch.as_tensor(seen_idx[k[ok]], device=dev)]
-        source[use_np] = 1
-        seen = seen | use
-    # model albedo for whatever is left
-    fb = torch.as_tensor(fallback_albedo, dtype=torch.float32, device=dev)
-    rest = ~seen
-    out[rest] = (fb[faces_t[tf[rest]]] * tb[rest][..., None]).sum(1)
-    source[rest.cpu().numpy()] = 2
+        targets = torch.as_tensor(need[ok], device=dev)
+        base[targets] = out[torch.as_tensor(donors[k[ok]], device=dev)]
+        mirrored[targets] = True
+    out = alpha[:, None] * out + (1 - alpha[:, None]) * base
+    source = np.where((alpha >= 0.5).cpu().numpy(), 0, np.where(mirrored.cpu().numpy(), 1, 2)).astype(np.int8)
     tex = torch.zeros(size, size * tiles, 3, device=dev)
     tex[chart] = out
     cov = torch.zeros(size, size * tiles, device=dev)
