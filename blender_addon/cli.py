@@ -11,6 +11,7 @@ With Blender as a Python module (``pip install bpy``), as the ``faceforge`` cons
     faceforge reconstruct-photos front.jpg left.jpg right.jpg --out head.fbx --texture-size 2048
     faceforge track clip.mp4 --out head.fbx --glb head.glb --start 0 --end 240 --track-file clip.fftrack.npz
     faceforge import-track clip.fftrack.npz --out head.fbx
+    faceforge import-arkit head.blend take.csv --out head.fbx      (or a photo instead of head.blend)
     python blender_addon/cli.py reconstruct photo.jpg --out head.fbx
     faceforge model-info generic_model.pkl
 
@@ -56,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="HEAD.fbx", help="write an FBX rig (mesh, shape keys, armature)")
     r.add_argument("--glb", metavar="HEAD.glb", help="write a binary glTF (morph targets, skin)")
     r.add_argument("--blend", metavar="HEAD.blend", help="save the scene as a .blend file")
-    r.add_argument("--model", default="builtin",
-                   help="'builtin' (default) or a FLAME .pkl / FaceForge .npz model file")
+    r.add_argument("--model", default="ict",
+                   help="'ict' (default: the full head), 'facemask' (light face mask) or a FLAME .pkl / "
+                        "FaceForge .npz model file")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
     r.add_argument("--report-dir", metavar="DIR", help="also write params.json and overlay.png here")
     p = sub.add_parser("reconstruct-photos", help="fit one textured head to several photos of one person",
@@ -86,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("track", help="a .fftrack.npz track file")
     _add_outputs(i, "the animated rig")
     i.add_argument("--model", default="", help="the track's own model by default; else 'builtin' or a model file")
+    a = sub.add_parser("import-arkit", help="animate a head with an ARKit recording (Live Link Face CSV)",
+                       description="Key an ARKit blendshape recording (the CSV Live Link Face writes) on a FaceForge "
+                                   "head: a .blend file holding one (its active or first head), or a photo to "
+                                   "reconstruct first. Export the animated rig.")
+    a.add_argument("head", metavar="HEAD", help="a .blend file with a FaceForge head, or a photo of a face")
+    a.add_argument("recording", metavar="RECORDING.csv", help="the take's .csv from Live Link Face")
+    _add_outputs(a, "the animated rig")
+    a.add_argument("--start", type=int, default=None, metavar="N",
+                   help="scene frame of the recording's first frame (default: the scene's current frame)")
+    a.add_argument("--fps", type=float, default=0.0, help="the recording's frame rate (default: from its timecodes)")
+    a.add_argument("--no-head-rotation", action="store_true", help="key the shape keys only")
+    _add_engine_args(a)
     m = sub.add_parser("model-info", help="load a model file and print its size (what the Validate button does)",
                        description="Load a FLAME .pkl or FaceForge .npz model (finding its landmarks) and print "
                                    "its vertices, identity / expression sizes and joints.")
@@ -100,8 +114,9 @@ def _add_outputs(p, what: str) -> None:
 
 
 def _add_engine_args(p) -> None:
-    p.add_argument("--model", default="builtin",
-                   help="'builtin' (default) or a FLAME .pkl / FaceForge .npz model file")
+    p.add_argument("--model", default="ict",
+                   help="'ict' (default: the full head), 'facemask' (light face mask) or a FLAME .pkl / "
+                        "FaceForge .npz model file")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
 
 
@@ -163,8 +178,13 @@ def _check_outputs(parser, args, extra=()) -> None:
     _check_ext(parser, args.blend, ".blend", "--blend")
 
 
+def _embedded(model: str) -> bool:
+    """An embedded model's name ('ict', the default full head; 'facemask'/'builtin'), not a file."""
+    return model.strip().lower() in ("", "default", "ict", "ict_facekit", "facemask", "builtin")
+
+
 def _model_arg(model: str) -> str:
-    return model if model in ("", "builtin") else os.path.abspath(model)
+    return model if _embedded(model) else os.path.abspath(model)
 
 
 def _run_operator(bpy, call) -> bool:
@@ -274,6 +294,37 @@ def import_track(args, parser) -> int:
     return _write_outputs(bpy, args)
 
 
+def import_arkit(args, parser) -> int:
+    import bpy
+    _check_outputs(parser, args)
+    if args.fps < 0:
+        parser.error("--fps must be positive (0 = from the recording's timecodes)")
+    head, recording = os.path.abspath(args.head), os.path.abspath(args.recording)
+    if head.lower().endswith(".blend"):
+        if not os.path.isfile(head):
+            print(f"{PROG}: error: the .blend file '{head}' does not exist.", file=sys.stderr)
+            return EXIT_ERROR
+        try:
+            bpy.ops.wm.open_mainfile(filepath=head)
+        except RuntimeError as e:
+            print(f"{PROG}: error: cannot open '{head}': {_op_error(e)}", file=sys.stderr)
+            return EXIT_ERROR
+        register_addon()
+    else:   # a photo: reconstruct the head first
+        register_addon()
+        _clear_startup_scene(bpy)
+        print(f"FaceForge: reconstructing {head} (model {args.model}, device {args.device})", flush=True)
+        if not _run_operator(bpy, lambda: bpy.ops.faceforge.reconstruct_photo(
+                filepath=head, model=_model_arg(args.model), device=args.device.upper())):
+            return EXIT_ERROR
+    start = dict(use_current_frame=True) if args.start is None else dict(use_current_frame=False,
+                                                                           frame_start=args.start)
+    if not _run_operator(bpy, lambda: bpy.ops.faceforge.import_arkit_recording(
+            filepath=recording, fps=args.fps, head_rotation=not args.no_head_rotation, **start)):
+        return EXIT_ERROR
+    return _write_outputs(bpy, args)
+
+
 def _op_error(e: RuntimeError) -> str:
     """bpy.ops errors read 'Error: <report>' (or 'Operator ... poll() <why>'): keep the message."""
     return str(e).strip().removeprefix("Error: ").strip()
@@ -285,7 +336,7 @@ def model_info(args) -> int:
     engine.block_triton()
     core = engine.core
     models = importlib.import_module(f"{core.__name__}.models")
-    spec = args.model if args.model == "builtin" else os.path.abspath(args.model)
+    spec = args.model if _embedded(args.model) else os.path.abspath(args.model)
     try:
         summary = models.load_model(spec).summary()
     except core.errors.FaceForgeError as e:
@@ -308,6 +359,8 @@ def main(args=None) -> int:
             return track(args, parser)
         if args.command == "import-track":
             return import_track(args, parser)
+        if args.command == "import-arkit":
+            return import_arkit(args, parser)
         if args.command == "model-info":
             return model_info(args)
         parser.error(f"unknown command {args.command}")
