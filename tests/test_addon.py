@@ -51,7 +51,7 @@ def test_register_unregister_cycle():
         for name in OPERATORS + PANELS:
             assert hasattr(bpy.types, name), name
         assert hasattr(bpy.types.Scene, "faceforge") and hasattr(bpy.types.WindowManager, "faceforge_job")
-        assert bpy.context.scene.faceforge.model_source == "BUILTIN"
+        assert bpy.context.scene.faceforge.model_source == "FULL_HEAD"
         for name in PANELS:
             panel = getattr(bpy.types, name)
             assert (panel.bl_space_type, panel.bl_region_type, panel.bl_category) == ("VIEW_3D", "UI", "FaceForge")

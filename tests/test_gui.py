@@ -114,9 +114,9 @@ def test_gui_install_reconstruct_cancel_screenshot(blender_env, legacy_zip, phot
     assert res["invoke"] == ["RUNNING_MODAL"] and res["ui_polls_while_running"] >= 5
     assert res["max_fraction_seen"] > 0.2
     assert res["operator_state"] == "FINISHED" and res["object_exists"]
-    assert res["vertices"] == 468 and res["shape_keys"] == 24
+    assert res["vertices"] == 26719 and res["shape_keys"] == 59          # the default full head
     assert res["view_camera"] == ["FINISHED"] and res["undo_removes_head"]
-    for name in ("progress", "result"):
+    for name in ("progress", "result", "head", "gaze"):
         png = Path(res["screens"][name])
         assert png.is_file(), name
         shape, spread = _image_stats(png)

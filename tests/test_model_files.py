@@ -360,7 +360,7 @@ def test_npz_object_arrays_are_refused(tmp_path, flame_pkl, key):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda a: a.update(format=np.array("something-else")), "not a FaceForge model"),
-    (lambda a: a.update(format_version=np.array(2)), "version 2.*Update FaceForge"),
+    (lambda a: a.update(format_version=np.array(3)), "version 3.*Update FaceForge"),
     (lambda a: a.pop("shape_basis"), "missing shape_basis"),
     (lambda a: a.pop("format"), "missing format"),
     (lambda a: a.pop("lbs_weights"), "joints need all of"),

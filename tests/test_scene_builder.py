@@ -334,7 +334,7 @@ def test_reconstruct_operator_builds_head(empty_scene, tmp_path, monkeypatch, ca
     photo = write_png(tmp_path / "face.png")
     res = bpy.ops.faceforge.reconstruct_photo(filepath=str(photo), output_dir=str(tmp_path / "rep"), device="CPU")
     assert res == {"FINISHED"}
-    assert calls == [(str(photo), "builtin", "cpu")]
+    assert calls == [(str(photo), "ict", "cpu")]                 # the full head by default
     head = head_builder.find_head(bpy.context)
     assert head["faceforge_model"] == "fake-model"
     assert json.loads(head["faceforge_params"]) == {"expr": [0.5]}
@@ -484,9 +484,9 @@ def test_end_to_end_real_pipeline(empty_scene, tmp_path):
     res = bpy.ops.faceforge.reconstruct_photo(filepath=str(photo), output_dir=str(tmp_path / "rep"), device="CPU")
     assert res == {"FINISHED"}
     head = head_builder.find_head(bpy.context)
-    assert head is not None and len(head.data.vertices) == 468
+    assert head is not None and len(head.data.vertices) == 26719          # the default full head
     keys = [k.name for k in head.data.shape_keys.key_blocks]
-    assert keys[0] == "Basis" and len(keys) == 25
+    assert keys[0] == "Basis" and len(keys) == 60 and "jawOpen" in keys
     assert json.loads(head["faceforge_params"])["landmark_error_px"] < 2.5
     assert bpy.context.scene.camera is not None and bpy.context.scene.render.resolution_x == 512
     assert (tmp_path / "rep" / "params.json").is_file() and (tmp_path / "rep" / "overlay.png").is_file()
@@ -498,12 +498,12 @@ def test_end_to_end_real_pipeline(empty_scene, tmp_path):
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.ops.import_scene.fbx(filepath=str(fbx))
     meshes = [o for o in bpy.context.scene.objects if o.type == "MESH"]
-    assert len(meshes) == 1 and len(meshes[0].data.vertices) == 468
+    assert len(meshes) == 1 and len(meshes[0].data.vertices) == 26719
     assert [k.name for k in meshes[0].data.shape_keys.key_blocks] == keys
 
     # independent readers: ufbx (pip) and, when installed, assimp (Debian's assimp-utils)
     info = read_fbx_with_ufbx(fbx)
-    assert info["meshes"][0][0] == 468
+    assert info["meshes"][0][0] == 26719
     assert sorted(info["channels"]) == sorted(keys[1:])
     if shutil.which("assimp"):
         out = tmp_path / "via_assimp.gltf"

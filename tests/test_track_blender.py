@@ -213,12 +213,12 @@ CLIP_RANGE = (4, 28)      # 24 clip frames -> Blender frames 5..28
 def expected_from_track(track_path, frames) -> dict:
     """Engine's expectation per clip-relative frame t: model-space skinned vertices (track_vertices, no
     root motion), then the rig's root rotation / translation, then the model -> Blender axis map."""
-    from blender_addon.core.models import load_model
+    from blender_addon.core.models import embedded_name, load_model
     from blender_addon.core.pipeline import rig_from_track_file
     from blender_addon.core.track.track_file import load_track
     from blender_addon.core.track.tracker import track_vertices
     track = load_track(track_path)
-    model = load_model("builtin" if track.model_name == "builtin" else track.model_source)
+    model = load_model(track.model_name if embedded_name(track.model_name) else track.model_source)
     anim = rig_from_track_file(track_path).rig.animation
     v = track_vertices(track, model, np.asarray(frames), camera_space=False)
     out = {}
@@ -286,8 +286,9 @@ def test_track_video_operator_builds_the_animated_head(tracked):
     (source, clip_path, clip_start), = info["background"]
     assert source == "MOVIE_CLIP" and Path(bpy.path.abspath(clip_path)) == Path(info["video_path"])
     assert clip_start == 1
-    # keys: 24 shape keys + root location (3) + rotation (4), one LINEAR key per tracked frame
-    assert len(info["curves"]) == 24 + 7
+    # keys: the full head's 59 shape keys (57 + the combined browInnerUp and cheekPuff) + root location (3)
+    # + rotation (4), one LINEAR key per tracked frame
+    assert len(info["curves"]) == 59 + 7
     for path, n, interp, first, last in info["curves"]:
         assert (n, interp, first, last) == (24, {"LINEAR"}, 5.0, 28.0), path
     # per frame, the evaluated head is the engine's head

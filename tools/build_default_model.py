@@ -62,8 +62,13 @@ PARTS = [
     ("eyelashes_left", 25351, 26034, False, "lashes"),
     ("eyelashes_right", 26035, 26718, False, "lashes"),
 ]
-# irises inside the eyeball parts (README, "Eyeball Details"): coloured darker
-IRISES = [(22221, 23020), (23791, 24590)]
+# scleras (README, "Eyeball Details"): the eyeball's centre is fitted to them
+SCLERAS = {"left": (21451, 22220), "right": (23021, 23790)}
+EYEBALLS = {"left": (21451, 23020), "right": (23021, 24590)}
+# how far each eyeLook shape turns the eyeball at weight 1 (degrees; ARKit gives no angle, these are
+# typical maxima of a comfortable gaze). ICT's eyeLook shapes move only the lids, so without this
+# the eyes would not follow gaze
+GAZE_DEG = {"Up": 25.0, "Down": 25.0, "In": 30.0, "Out": 30.0}
 # Multi-PIE 68 landmarks on ICT's topology (README, "Facial Landmarks"), 0-based vertex indices
 MULTIPIE_68 = [1225, 1888, 1052, 367, 1719, 1722, 2199, 1447, 966, 3661, 4390, 3927, 3924, 2608, 3272, 4088, 3443,
                268, 493, 1914, 2044, 1401, 3615, 4240, 4114, 2734, 2509, 978, 4527, 4942, 4857, 1140, 2075, 1147,
@@ -74,6 +79,9 @@ PART_COLOUR = {"mouth": (0.45, 0.18, 0.18), "gums": (0.62, 0.28, 0.30), "teeth":
                "eye": (0.90, 0.88, 0.86), "eye_wet": (0.85, 0.80, 0.80), "eye_occlusion": (0.5, 0.4, 0.38),
                "lashes": (0.08, 0.06, 0.05)}
 IRIS_COLOUR = (0.30, 0.22, 0.15)
+PUPIL_COLOUR = (0.03, 0.03, 0.03)
+# human eye: limbus (iris edge) ~5.9 mm and a relaxed pupil ~1.8 mm from the eye's forward axis
+LIMBUS_M, PUPIL_M = 0.0059, 0.0018
 
 
 class Source:
@@ -151,6 +159,44 @@ def triangulate(sizes: np.ndarray, corners: np.ndarray, vertices: np.ndarray):
     return np.array(tris, np.int64), np.array(owner, np.int64)
 
 
+def sphere_centre(points: np.ndarray) -> np.ndarray:
+    """Least-squares sphere through ``points``: |p|^2 = 2 c.p + (r^2 - |c|^2) is linear in c."""
+    A = np.c_[2 * points, np.ones(len(points))]
+    sol = np.linalg.lstsq(A, (points ** 2).sum(1), rcond=None)[0]
+    return sol[:3]
+
+
+def rotation(axis: str, deg: float) -> np.ndarray:
+    a = np.radians(deg)
+    c, s = np.cos(a), np.sin(a)
+    if axis == "x":
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+def add_eyeball_rotation(v: np.ndarray, expr_basis: np.ndarray, expr_names: list) -> dict:
+    """Make each eyeLook shape also turn its eyeball (sclera and iris) about the eyeball's centre.
+
+    Stored as blendshape offsets (rotated minus rest), so every tool that plays ARKit shapes turns
+    the eyes; in between, the linear blend shortens the radius by 1 - cos(angle * w / 2)-ish (at most
+    3.4 % at half of a 30-degree turn), which is invisible behind the lids."""
+    report = {}
+    for side, (lo, hi) in EYEBALLS.items():
+        c = sphere_centre(v[SCLERAS[side][0]:SCLERAS[side][1] + 1])
+        # model space: x to the model's left, y up, +z out of the face; which way is "out"
+        # depends on the side: the left eye looks out toward +x
+        out_sign = 1.0 if c[0] > 0 else -1.0
+        turns = {"Up": ("x", -GAZE_DEG["Up"]), "Down": ("x", GAZE_DEG["Down"]),
+                 "Out": ("y", out_sign * GAZE_DEG["Out"]), "In": ("y", -out_sign * GAZE_DEG["In"])}
+        suffix = "Left" if side == "left" else "Right"
+        p = v[lo:hi + 1] - c
+        for direction, (axis, deg) in turns.items():
+            k = expr_names.index(f"eyeLook{direction}{suffix}")
+            expr_basis[lo:hi + 1, :, k] = (p @ rotation(axis, deg).T - p).astype(np.float32)
+        report[side] = {"centre_m": np.round(c, 5).tolist(), **{d: t[1] for d, t in turns.items()}}
+    return report
+
+
 def build(source: Source, out: Path, find_landmarks: bool = True) -> dict:
     t0 = time.perf_counter()
     names = source.names()
@@ -175,6 +221,7 @@ def build(source: Source, out: Path, find_landmarks: bool = True) -> dict:
     shape_basis = deltas(identities)
     expr_basis = deltas(expressions)
     expr_names = [arkit_name(Path(n).stem) for n in expressions]
+    gaze = add_eyeball_rotation(v_cm * CM_TO_M, expr_basis, expr_names)
     print(f"[build] bases read in {time.perf_counter() - t0:.1f} s", flush=True)
 
     vertex_part = np.zeros(V, np.int64)
@@ -193,12 +240,14 @@ def build(source: Source, out: Path, find_landmarks: bool = True) -> dict:
     model = MorphableModel(
         name="ict_facekit", v_template=v_m, faces=faces, shape_basis=shape_basis, expr_basis=expr_basis,
         expr_names=expr_names, uv=vertex_uv, parts=parts, polygons=polygons,
-        source="ICT-FaceKit (USC ICT VGL, MIT licence), built by tools/build_default_model.py",
-        notes={"licence": "MIT (weights/ICT-FaceKit-LICENSE.txt)", "source_commit": source.commit(),
+        source="",   # the loader reports the file itself; provenance is in the notes
+        notes={"made_from": "ICT-FaceKit (USC ICT VGL), by tools/build_default_model.py",
+               "licence": "MIT (weights/ICT-FaceKit-LICENSE.txt)", "source_commit": source.commit(),
                "ict_expression_names": [Path(n).stem for n in expressions],
                "multipie68_vertices": MULTIPIE_68,
                "obj_materials": sorted(set(mats)),
                "expr_range": [0.0, 1.0],
+               "eyeball_rotation_deg": gaze,
                "units": "metres (source centimetres)"})
     model.validate()
     # store as float16 (to fit the repository): measure what that costs
@@ -247,8 +296,22 @@ def vertex_albedo(model: MorphableModel) -> np.ndarray:
     mat = np.asarray(model.parts.material)[model.parts.vertex_part]
     for name, rgb in PART_COLOUR.items():
         colours[mat == name] = rgb
-    for lo, hi in IRISES:
-        colours[lo:hi + 1] = IRIS_COLOUR
+    # ICT's sclera and iris meshes are both whole shells (its real-time shader draws the iris from a
+    # texture): colour them by the angle from the eye's forward axis (+z through the fitted centre),
+    # so the iris shows without a texture and turns with the eyeLook shapes
+    v = model.v_template.astype(np.float64)
+    for side, (lo, hi) in EYEBALLS.items():
+        c = sphere_centre(v[SCLERAS[side][0]:SCLERAS[side][1] + 1])
+        d = v[lo:hi + 1] - c
+        radius = np.linalg.norm(d, axis=1)
+        off_axis = np.linalg.norm(d[:, :2], axis=1)          # distance from the forward axis
+        front = d[:, 2] > 0
+        col = np.tile(PART_COLOUR["eye"], (len(d), 1))
+        t = np.clip((LIMBUS_M - off_axis) / 0.0006, 0, 1)[:, None] * front[:, None]   # soft limbal edge
+        col = col * (1 - t) + np.array(IRIS_COLOUR) * t
+        col[front & (off_axis < PUPIL_M)] = PUPIL_COLOUR
+        colours[lo:hi + 1] = col
+        model.notes.setdefault("eyeball_radius_mm", {})[side] = round(float(np.median(radius)) * 1000, 2)
     return colours.astype(np.float32)
 
 

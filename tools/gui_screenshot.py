@@ -17,6 +17,7 @@ Everything it saw goes to result.json; the test asserts on it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ import traceback
 import faulthandler
 
 import bpy
+from mathutils import Euler, Vector
 
 faulthandler.enable(all_threads=True)   # a crash prints every thread's Python stack into the log
 
@@ -215,6 +217,32 @@ def run_steps():
         RESULT["view_camera"] = sorted(bpy.ops.faceforge.view_photo_camera())
     yield 1.5   # let the viewport and sidebar redraw
     RESULT["screens"]["result"] = screenshot("faceforge_result.png")
+
+    # 4b. the head itself, turned three-quarters, in material preview; then with its
+    # eyes following an eyeLook shape (the default head's eyeLook shapes turn the eyeballs)
+    _win, area, _region = window_area()
+    space = area.spaces[0]
+    space.shading.type = "MATERIAL"          # EEVEE's preview: the skin texture and the eyes' iris colours
+    r3d = space.region_3d
+    r3d.view_perspective = "PERSP"
+    centre = sum((head.matrix_world @ Vector(c) for c in head.bound_box), Vector()) / 8
+    r3d.view_location = centre + Vector((0.0, 0.0, 0.06))
+    r3d.view_rotation = Euler((math.radians(80), 0.0, math.radians(35))).to_quaternion()
+    r3d.view_distance = 0.55
+    yield 4.0                                # shaders compile in the background
+    RESULT["screens"]["head"] = screenshot("faceforge_head.png")
+    keys = head.data.shape_keys.key_blocks
+    for name in ("eyeLookOutLeft", "eyeLookInRight"):
+        if name in keys:
+            keys[name].value = 1.0
+    r3d.view_rotation = Euler((math.radians(88), 0.0, 0.0)).to_quaternion()
+    r3d.view_location = centre + Vector((0.0, 0.0, 0.09))
+    r3d.view_distance = 0.35
+    yield 1.0
+    RESULT["screens"]["gaze"] = screenshot("faceforge_gaze.png")
+    for name in ("eyeLookOutLeft", "eyeLookInRight"):
+        if name in keys:
+            keys[name].value = 0.0
 
     # 5. one undo step removes the whole head
     with override():

@@ -216,8 +216,8 @@ def _principled(nodes):
 # so it starts invisible but stays in the mesh for artists who assign one
 PART_LOOKS = {"mouth": ((0.45, 0.18, 0.18), 0.5, 1.0), "gums": ((0.62, 0.28, 0.30), 0.35, 1.0),
               "teeth": ((0.88, 0.86, 0.80), 0.3, 1.0), "eye": (None, 0.15, 1.0),
-              "eye_wet": ((0.9, 0.9, 0.9), 0.05, 0.08), "eye_occlusion": ((0.05, 0.03, 0.03), 1.0, 0.0),
-              "lashes": ((0.05, 0.04, 0.03), 0.8, 0.85)}
+              "eye_wet": ((0.9, 0.9, 0.9), 0.05, 0.08), "eye_occlusion": ((0.8, 0.78, 0.76), 1.0, 0.0),
+              "lashes": ((0.05, 0.04, 0.03), 0.8, 0.4)}     # ICT's lash strips: strands need a texture
 
 
 def _new_material(name: str):

@@ -87,6 +87,11 @@ class _Step:
         return hasattr(context.scene, "faceforge")
 
 
+# what the embedded choices are, in one line each (no engine import needed to draw the panel)
+EMBEDDED_SUMMARY = {"FULL_HEAD": "Full head: eyes, teeth, UVs, 57 ARKit shapes",
+                    "BUILTIN": "Face mask: 468 vertices, fastest"}
+
+
 class FACEFORGE_PT_model(_Step, bpy.types.Panel):
     bl_idname = "FACEFORGE_PT_model"
     bl_label = "1. Model"
@@ -112,7 +117,7 @@ class FACEFORGE_PT_model(_Step, bpy.types.Panel):
             op = layout.operator("preferences.addon_show", text="Set Model File…", icon="PREFERENCES")
             op.module = preferences.ADDON_ID
         else:
-            layout.label(text="468 vertices, ready to use", icon="CHECKMARK")
+            layout.label(text=EMBEDDED_SUMMARY.get(settings.model_source, "ready to use"), icon="CHECKMARK")
         if prefs is not None:
             layout.prop(prefs, "device")
 
