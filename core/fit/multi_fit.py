@@ -40,7 +40,9 @@ class DifferentPeopleError(FaceForgeError):
 
 @dataclass
 class MultiFitConfig:
-    photo: FitConfig = field(default_factory=FitConfig)
+    # each photo's own photometric stage only has to give its light and colours (the joint landmark
+    # refinement that follows re-solves the geometry), so it runs half the single-photo steps
+    photo: FitConfig = field(default_factory=lambda: FitConfig(photo_steps=15))
     joint_iters: int = 100
     check_people: bool = True
     same_person_distance: float = SAME_PERSON_DISTANCE   # face-embedding distance (dlib's threshold)

@@ -34,7 +34,64 @@ class BakeResult:
     filled_from: dict           # texel counts: photos / mirror / model albedo
 
 
+def _candidate_triangles(vc, faces, f, cx, cy, H, W, mask=None, margin: int = 8):
+    """(F,) bool: triangles facing the camera with a corner inside the frame (and, given a mask,
+    inside its bounding box plus a margin). A cheap superset of what the per-texel test keeps."""
+    tri = vc[faces]                                                   # (F, 3, 3)
+    normal = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
+    facing = (normal * tri.mean(1)).sum(-1) < 0                      # towards the camera at the origin
+    z = tri[..., 2].clamp_min(1e-6)
+    u = f * tri[..., 0] / z + cx
+    v = f * tri[..., 1] / z + cy
+    x0, y0, x1, y1 = -margin, -margin, W + margin, H + margin
+    if mask is not None:
+        ys, xs = np.nonzero(np.asarray(mask) > 0)
+        if len(xs) == 0:
+            return torch.zeros(len(faces), dtype=torch.bool, device=vc.device)
+        x0, x1 = xs.min() - margin, xs.max() + margin
+        y0, y1 = ys.min() - margin, ys.max() + margin
+    inside = ((u >= x0) & (u <= x1) & (v >= y0) & (v <= y1)).any(1)
+    return facing & inside
+
+
+def pull_push_fill(image: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill the texels outside ``known`` smoothly from the nearest known ones (pull-push: average the
+    known texels down an image pyramid, then fill each level's holes from the coarser level). Linear
+    in the texel count, where inpainting a large empty atlas area takes seconds."""
+    import cv2
+
+    img = image.astype(np.float32)
+    w = known.astype(np.float32)
+    levels = [(img * w[..., None], w)]
+    while min(levels[-1][1].shape) > 1:
+        c, m = levels[-1]
+        h, wd = max(1, m.shape[0] // 2), max(1, m.shape[1] // 2)
+        levels.append((cv2.resize(c, (wd, h), interpolation=cv2.INTER_AREA),
+                       cv2.resize(m, (wd, h), interpolation=cv2.INTER_AREA)))
+    colour = levels[-1][0] / np.maximum(levels[-1][1], 1e-6)[..., None]
+    for c, m in reversed(levels[:-1]):
+        up = cv2.resize(colour, (m.shape[1], m.shape[0]), interpolation=cv2.INTER_LINEAR)
+        own = c / np.maximum(m, 1e-6)[..., None]
+        a = np.clip(m, 0, 1)[..., None]
+        colour = a * own + (1 - a) * up
+    return np.where(known[..., None], image, np.clip(np.round(colour), 0, 255)).astype(image.dtype)
+
+
+_UV_CACHE: dict = {}
+
+
 def _uv_fragments(uv_corners: np.ndarray, size: int, device, tiles: int = 1):
+    """Cached: a model's UV layout is rasterised once per texture size."""
+    uv = np.ascontiguousarray(uv_corners, dtype=np.float32)
+    key = (hash(uv.tobytes()), uv.shape, size, tiles, str(device))
+    if key not in _UV_CACHE:
+        if len(_UV_CACHE) > 4:
+            _UV_CACHE.clear()
+        _UV_CACHE[key] = _rasterise_uv(uv, size, device, tiles)
+    return _UV_CACHE[key]
+
+
+def _rasterise_uv(uv_corners: np.ndarray, size: int, device, tiles: int = 1):
     """Rasterise the UV layout: per texel, the triangle and its barycentrics. ``tiles`` unit UV
     tiles side by side (u in [0, tiles)) make a texture ``tiles * size`` wide."""
     F_ = len(uv_corners)
@@ -54,8 +111,6 @@ def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallbac
 
     ``faces`` may be a subset of the model's triangles (e.g. only its skin) with their corner UVs;
     the texture is ``size`` high and ``tiles * size`` wide (u in [0, tiles))."""
-    import cv2
-
     dev = torch.device(device)
     faces_t = torch.as_tensor(faces, dtype=torch.long, device=dev)
     pix_to_face, bary = _uv_fragments(uv_corners, size, dev, tiles)
@@ -64,31 +119,41 @@ def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallbac
     tb = bary[chart]                                     # (N, 3)
     per_view = []                                        # (albedo (N, 3), weight (N,)) per photo
     for view in views:
+        albedo = torch.zeros(len(tf), 3, device=dev)
+        w = torch.zeros(len(tf), device=dev)
         vc = torch.as_tensor(view["vertices_camera"], dtype=torch.float32, device=dev)[None]
         img = torch.as_tensor(view["image"], dtype=torch.float32, device=dev) / 255.0
         H, W = img.shape[:2]
         f, cx, cy = float(view["focal"]), float(view["cx"]), float(view["cy"])
-        normals = vertex_normals(vc, faces_t)[0]
-        tri = faces_t[tf]                                # (N, 3)
-        p = (vc[0][tri] * tb[..., None]).sum(1)          # texel points, camera space
-        n = F.normalize((normals[tri] * tb[..., None]).sum(1), dim=-1)
-        px = f * p[:, 0] / p[:, 2] + cx
-        py = f * p[:, 1] / p[:, 2] + cy
-        cos = (n * F.normalize(-p, dim=-1)).sum(-1)
-        # visibility: the texel's point must be the surface the view's z-buffer kept
-        frags = rasterize(vc, faces_t, f, cx, cy, H, W)
-        depth = frags.depth[0]
-        xi, yi = px.round().long().clamp(0, W - 1), py.round().long().clamp(0, H - 1)
-        inside = (px >= 0) & (px < W) & (py >= 0) & (py < H)
-        visible = inside & (cos > 0.05) & (p[:, 2] <= depth[yi, xi] + 2e-3)
-        grid = torch.stack([px / W * 2 - 1, py / H * 2 - 1], -1)[None, None]
-        colour = F.grid_sample(img.permute(2, 0, 1)[None], grid, align_corners=False, mode="bilinear")[0, :, 0].T
-        irradiance = sh_irradiance(n[None], torch.as_tensor(view["sh"], dtype=torch.float32, device=dev)[None])[0]
-        albedo = (colour / irradiance.clamp_min(0.05)).clamp(0, 1)
-        w = visible.float() * cos.clamp(0, 1) ** 2 * float(view.get("weight", 1.0))
-        if view.get("mask") is not None:
-            m = torch.as_tensor(view["mask"], dtype=torch.float32, device=dev)[None, None]
-            w = w * F.grid_sample(m, grid, align_corners=False, mode="bilinear")[0, 0, 0]
+        mask = view.get("mask")
+        # only texels on triangles this view can give colour to: facing it, in the frame and, with a
+        # mask, near where it lets colour through (most of a full head's atlas is not in any photo)
+        cand = _candidate_triangles(vc[0], faces_t, f, cx, cy, H, W, mask)[tf]
+        sel = torch.nonzero(cand, as_tuple=True)[0]
+        if len(sel):
+            normals = vertex_normals(vc, faces_t)[0]
+            tri = faces_t[tf[sel]]                                   # (n, 3)
+            b = tb[sel]
+            p = (vc[0][tri] * b[..., None]).sum(1)                   # texel points, camera space
+            n = F.normalize((normals[tri] * b[..., None]).sum(1), dim=-1)
+            px = f * p[:, 0] / p[:, 2] + cx
+            py = f * p[:, 1] / p[:, 2] + cy
+            cos = (n * F.normalize(-p, dim=-1)).sum(-1)
+            # visibility: the texel's point must be the surface the view's z-buffer kept
+            frags = rasterize(vc, faces_t, f, cx, cy, H, W)
+            depth = frags.depth[0]
+            xi, yi = px.round().long().clamp(0, W - 1), py.round().long().clamp(0, H - 1)
+            inside = (px >= 0) & (px < W) & (py >= 0) & (py < H)
+            visible = inside & (cos > 0.05) & (p[:, 2] <= depth[yi, xi] + 2e-3)
+            grid = torch.stack([px / W * 2 - 1, py / H * 2 - 1], -1)[None, None]
+            colour = F.grid_sample(img.permute(2, 0, 1)[None], grid, align_corners=False, mode="bilinear")[0, :, 0].T
+            irradiance = sh_irradiance(n[None], torch.as_tensor(view["sh"], dtype=torch.float32, device=dev)[None])[0]
+            albedo[sel] = (colour / irradiance.clamp_min(0.05)).clamp(0, 1)
+            wv = visible.float() * cos.clamp(0, 1) ** 2 * float(view.get("weight", 1.0))
+            if mask is not None:
+                m = torch.as_tensor(mask, dtype=torch.float32, device=dev)[None, None]
+                wv = wv * F.grid_sample(m, grid, align_corners=False, mode="bilinear")[0, 0, 0]
+            w[sel] = wv
         per_view.append((albedo, w))
     A = torch.stack([a for a, _ in per_view])            # (K, N, 3)
     Wt = torch.stack([w for _, w in per_view])           # (K, N)
@@ -124,12 +189,16 @@ def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallbac
         mv = torch.as_tensor(model_vertices, dtype=torch.float32, device=dev)
         pts = (mv[faces_t[tf]] * tb[..., None]).sum(1).cpu().numpy()                 # (N, 3) template space
         well_np = well.cpu().numpy()
-        need = np.nonzero(~well_np)[0]
         donors = np.nonzero(well_np)[0]
-        dist, k = cKDTree(pts[donors]).query(pts[need] * np.array([-1.0, 1.0, 1.0]))
-        # a texel spans ~extent/size metres: farther than a few texels means no mirror partner
+        # a texel spans ~extent/size metres: farther than a few texels means no mirror partner, so
+        # only texels whose mirror image falls near the photos' coverage are looked up
         extent = float(np.ptp(pts, 0).max())
-        ok = dist < 4.0 * extent / size
+        reach = 4.0 * extent / size
+        mirror = pts * np.array([-1.0, 1.0, 1.0])
+        lo, hi = pts[donors].min(0) - reach, pts[donors].max(0) + reach
+        need = np.nonzero(~well_np & np.all((mirror >= lo) & (mirror <= hi), 1))[0]
+        dist, k = cKDTree(pts[donors]).query(mirror[need])
+        ok = dist < reach
         targets = torch.as_tensor(need[ok], device=dev)
         base[targets] = out[torch.as_tensor(donors[k[ok]], device=dev)]
         mirrored[targets] = True
@@ -141,9 +210,8 @@ def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallbac
     cov[chart] = wsum
     tex_np = (tex.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     chart_np = chart.cpu().numpy()
-    # dilate a few texels past the chart border (bilinear filtering and mip-maps read them)
-    mask = (~chart_np).astype(np.uint8)
-    tex_np = cv2.inpaint(tex_np, mask, 3, cv2.INPAINT_TELEA) if mask.any() else tex_np
+    # fill past the chart border (bilinear filtering and mip-maps read those texels)
+    tex_np = pull_push_fill(tex_np, chart_np) if (~chart_np).any() else tex_np
     return BakeResult(texture=tex_np, coverage=cov.cpu().numpy(), chart=chart_np,
                       filled_from={"photos": int((source == 0).sum()), "mirror": int((source == 1).sum()),
                                    "model": int((source == 2).sum())})
