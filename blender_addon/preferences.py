@@ -6,6 +6,7 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from . import dependencies
+from .widgets import draw_job_status, wrap  # noqa: F401  (wrap: used below and by callers)
 
 ADDON_ID = __package__  # the add-on's module name: "faceforge", "bl_ext.<repo>.faceforge", "blender_addon"
 
@@ -50,7 +51,6 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
     )
 
     def draw(self, context):
-        from .ui.panels import draw_job_status
         layout = self.layout
         draw_job_status(layout, context)
 
@@ -108,14 +108,6 @@ def draw_dependencies(layout, prefs) -> None:
     row.operator("faceforge.check_dependencies", text="", icon="FILE_REFRESH")
     box.label(text=f"Installs into {dependencies.deps_dir()}")
     box.label(text="torch is large (about 1-3 GB): the download can take a while.")
-
-
-def wrap(text: str, width: int) -> list:
-    import textwrap
-    out = []
-    for para in str(text).splitlines() or [""]:
-        out.extend(textwrap.wrap(para, width) or [""])
-    return out
 
 
 def get_prefs(context=None):
