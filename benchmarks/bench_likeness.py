@@ -69,7 +69,6 @@ HIDDEN_MATERIALS = {"eye_wet", "eye_occlusion", "lashes"}       # alpha-textured
 LIGHTS = ("Default", "basic.sl", "outdoor.sl", "paint.sl", "studio.sl")
 PLAIN_SKIN = (0.78, 0.60, 0.50)
 ICT_NARROW_FACE = 6705           # ICT-FaceKit README: vertices [0, 6705) are the narrow face area
-METHODS = ("single", "a", "b", "c", "d")
 LABELS = {"mean": "mean face (identity = 0)", "single": "FaceForge single photo (reconstruct_photo)",
           "a": "(a) most confident single view", "b": "(b) mean of per-view identities",
           "c": "(c) confidence-weighted fusion", "d": "(d) joint refinement (the result)",
@@ -256,7 +255,7 @@ class EosPeer:
 
 
 # ----------------------------------------------------------------------------- one subject
-def fit_subject(model, subj: dict, regs: dict, eos_peer, args) -> dict:
+def fit_subject(model, subj: dict, regs: dict, eos_peer) -> dict:
     from core.detect import detect_landmarks, load_image
     from core.errors import FaceForgeError
     from core.fit.multi_fit import DifferentPeopleError, MultiFitConfig
@@ -385,10 +384,18 @@ def main():
     print(f"  rendered {len(subjects) * len(YAWS)} views in {t_render:.1f} s"
           + (f" -> {folder}" if args.out else ""))
 
+    # one untimed fit first: torch, mediapipe and the model's caches warm up on the first call
+    from core.errors import FaceForgeError
+    from core.pipeline import reconstruct_photo
+
+    try:
+        reconstruct_photo(subjects[0]["views"][0]["path"], model=model, device="cpu", texture_size=0)
+    except FaceForgeError:
+        pass
     results = []
     for s in subjects:
         t0 = time.perf_counter()
-        r = fit_subject(model, s, regs, eos_peer, args)
+        r = fit_subject(model, s, regs, eos_peer)
         r["wall_s"] = time.perf_counter() - t0
         results.append(r)
         e = r["errors"]
