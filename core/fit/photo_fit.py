@@ -25,12 +25,17 @@ from ..jobs import ensure_progress
 from ..models.morphable import MorphableLayer, axis_angle_to_matrix
 from ..render.camera import project
 from . import losses
+from .gauss_newton import levenberg_marquardt
+from .landmark_solve import LandmarkProblem, landmark_bases, solve_landmarks
 from .photometric import PhotometricTarget
 
 
 @dataclass
 class FitConfig:
-    landmark_steps: int = 100          # L-BFGS iterations on landmarks only
+    landmark_solver: str = "lbfgs"     # "lbfgs" (stops early: regularises) or "lm": Levenberg-Marquardt to convergence
+    lm_rigid_iters: int = 6            # LM iterations on the rigid pose, then on everything
+    lm_iters: int = 15
+    landmark_steps: int = 100          # L-BFGS iterations on landmarks only (landmark_solver="lbfgs")
     photo_steps: int = 30              # Adam steps of the photometric stage (0 disables it)
     photo_size: int = 128              # side of the square face crop rendered in that stage
     geometry_lr_photo: float = 0.002   # Adam step of the geometry in the photometric stage: a nudge,
@@ -110,6 +115,7 @@ class PhotoFitter:
         self.config = config or FitConfig()
         self.device = layer.device
         self._lm_layer = layer.landmark_layer()
+        self._lm_bases = None           # the landmarks as a linear function (built on first use)
         # the albedo is refined only where the photo can see it: the skin's vertices (all of a
         # single-part model; ~11k of ICT-FaceKit's 27k, whose teeth and eyes keep the model's colours)
         fit_faces = layer.fit_faces.cpu().numpy()
@@ -118,6 +124,89 @@ class PhotoFitter:
         nb, nbm = vertex_neighbours(local.reshape(-1, 3), len(skin_ids))
         self._nb = torch.as_tensor(nb, device=self.device)
         self._nbm = torch.as_tensor(nbm, dtype=torch.float32, device=self.device)
+
+    def _solve_landmarks_lm(self, p, R0, t0, dist0, f0, cx, cy, target, weights, face_size) -> None:
+        """The landmark stage as one least-squares problem solved by Levenberg-Marquardt (same
+        objective as the L-BFGS path: weighted reprojection, the detector's relative depth, Gaussian
+        priors, expression bounds), rigid pose first. Writes the solution into ``p``."""
+        cfg, layer = self.config, self.layer
+        lm_layer = self._lm_layer
+        if "joint_pose" not in p:
+            return self._solve_landmarks_analytic(p, R0, t0, dist0, f0, cx, cy, target, weights, face_size)
+        keys = ["rot", "trans", "log_focal", "shape", "expr"] + (["joint_pose"] if "joint_pose" in p else [])
+        shapes = [p[k].shape for k in keys]
+        sizes = [p[k].numel() for k in keys]
+        theta0 = torch.cat([p[k].detach().reshape(-1) for k in keys])
+        sqrt_w = torch.sqrt(weights[0])[:, None]
+        scale = 1.0 / (cfg.landmark_sigma * face_size)
+        sqrt_dw = float(np.sqrt(cfg.depth_weight))
+        tz = target[0, :, 2] - target[0, :, 2].mean()
+        lo_hi = layer.expr_range
+        bound = float(np.sqrt(cfg.expr_bound_weight))
+
+        def unpack(theta):
+            parts = torch.split(theta, sizes)
+            return {k: v.reshape(sh) for k, v, sh in zip(keys, parts, shapes)}
+
+        def residuals(theta):
+            q = unpack(theta)
+            lm = lm_layer(q["shape"], q["expr"], q.get("joint_pose"))
+            R = axis_angle_to_matrix(q["rot"]) @ R0
+            cam = (lm @ R.transpose(1, 2) + (t0 + dist0 * q["trans"])[:, None])[0]
+            focal = f0 * torch.exp(q["log_focal"][0])
+            px = torch.stack([focal * cam[:, 0] / cam[:, 2] + cx, focal * cam[:, 1] / cam[:, 2] + cy], -1)
+            out = [(sqrt_w * (px - target[0, :, :2]) * scale).reshape(-1)]
+            z = cam[:, 2]
+            dz = focal * (z - z.mean()) / z.mean() - tz
+            out.append(sqrt_w[:, 0] * sqrt_dw * dz * scale)
+            out.append(np.sqrt(cfg.shape_prior) * q["shape"].reshape(-1))
+            out.append(np.sqrt(cfg.expr_prior) * q["expr"].reshape(-1))
+            if lo_hi is not None:
+                e = q["expr"].reshape(-1)
+                out.append(bound * (torch.relu(lo_hi[0] - e) + torch.relu(e - lo_hi[1])))
+            if "joint_pose" in q:
+                out.append(np.sqrt(cfg.joint_prior * 100) * q["joint_pose"].reshape(-1))
+            out.append(np.sqrt(cfg.focal_prior * 100) * q["log_focal"].reshape(-1))
+            return torch.cat(out)
+
+        rigid = torch.zeros(len(theta0), dtype=torch.bool, device=theta0.device)
+        rigid[: sizes[0] + sizes[1] + (sizes[2] if cfg.fit_focal else 0)] = True
+        with torch.no_grad():
+            theta, _, _ = levenberg_marquardt(residuals, theta0, iters=cfg.lm_rigid_iters, free=rigid)
+            free = torch.ones_like(rigid)
+            if not cfg.fit_focal:
+                free[sizes[0] + sizes[1]] = False
+            theta, _, _ = levenberg_marquardt(residuals, theta, iters=cfg.lm_iters, free=free)
+            for k, v in unpack(theta).items():
+                p[k].data.copy_(v)
+
+    def _solve_landmarks_analytic(self, p, R0, t0, dist0, f0, cx, cy, target, weights, face_size) -> None:
+        """Models without joints: the same objective, with the exact Jacobian built by hand
+        (core/fit/landmark_solve.py), several times faster than forward-mode autodiff."""
+        import cv2
+
+        cfg, layer = self.config, self.layer
+        if self._lm_bases is None:
+            self._lm_bases = landmark_bases(self._lm_layer)
+        T, B = self._lm_bases
+        ks = layer.n_shape
+        prior = torch.cat([torch.full((ks,), cfg.shape_prior), torch.full((layer.n_expr,), cfg.expr_prior)]).to(T)
+        pb = LandmarkProblem(T=T, B=B, n_shape=ks, target=target[0], sqrt_w=torch.sqrt(weights[0]),
+                             scale=1.0 / (cfg.landmark_sigma * face_size), sqrt_depth=float(np.sqrt(cfg.depth_weight)),
+                             prior=prior, focal_prior=cfg.focal_prior * 100, expr_range=layer.expr_range,
+                             bound=float(np.sqrt(cfg.expr_bound_weight)), cx=float(cx), cy=float(cy))
+        with torch.no_grad():
+            R_start = axis_angle_to_matrix(p["rot"].detach())[0] @ R0[0]
+            t_start = (t0 + dist0 * p["trans"].detach())[0]
+            c0 = torch.cat([p["shape"].detach()[0], p["expr"].detach()[0]])
+            out = solve_landmarks(pb, R_start, t_start, f0, dist0, c0, float(p["log_focal"].detach()[0]),
+                                  cfg.lm_rigid_iters, cfg.lm_iters, cfg.fit_focal)
+            delta = (out["R"] @ R0[0].T).double().cpu().numpy()
+            p["rot"].data.copy_(torch.as_tensor(cv2.Rodrigues(delta)[0].reshape(1, 3), dtype=torch.float32))
+            p["trans"].data.copy_(((out["t"] - t0[0]) / dist0)[None])
+            p["log_focal"].data.fill_(float(out["log_f"]))
+            p["shape"].data.copy_(out["c"][:ks][None])
+            p["expr"].data.copy_(out["c"][ks:][None])
 
     def fit(self, image_rgb: np.ndarray, detection: FaceLandmarks, progress=None) -> PhotoFit:
         cfg, layer, dev = self.config, self.layer, self.device
@@ -210,8 +299,12 @@ class PhotoFitter:
 
             opt.step(closure)
 
-        run_lbfgs(rigid, max(cfg.landmark_steps // 6, 5))
-        run_lbfgs(full, cfg.landmark_steps)
+        if cfg.landmark_solver == "lbfgs":
+            run_lbfgs(rigid, max(cfg.landmark_steps // 6, 5))
+            run_lbfgs(full, cfg.landmark_steps)
+        else:
+            progress.update("fitting landmarks", 0.0)
+            self._solve_landmarks_lm(p, R0, t0_vec, dist0, f0, cx, cy, target, weights, face_size)
         t1 = time.perf_counter()
 
         # ---- stage 2: photometric on a face crop ----------------------------------------------

@@ -1,0 +1,173 @@
+"""The landmark stage of a photo fit as a Levenberg-Marquardt solve with an analytic Jacobian.
+
+Given the camera, landmark positions are linear in the model's coefficients (P = T + B c); the camera
+(rotation, translation, focal length) enters through a perspective projection. Each iteration builds
+the exact Jacobian of every residual from a few small tensor products — reprojection (weighted, in
+units of the expected detector noise), the detector's relative depth, the coefficients' Gaussian
+priors and the expression range of blendshape models — and solves the damped normal equations.
+Rotation is updated multiplicatively (R <- exp(w) R), so it never meets the singularity of an
+accumulated axis-angle. Models with joints (FLAME's jaw, neck, eyes) use the generic
+forward-mode-Jacobian solver in gauss_newton.py instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..models.morphable import axis_angle_to_matrix
+
+
+@dataclass
+class LandmarkProblem:
+    T: torch.Tensor                 # (L, 3) landmark positions of the template
+    B: torch.Tensor                 # (L, 3, K) their change per unit coefficient (identity then expression)
+    n_shape: int
+    target: torch.Tensor            # (L, 3) detected x, y (pixels) and relative depth
+    sqrt_w: torch.Tensor            # (L,) sqrt of the per-landmark weights
+    scale: float                    # 1 / (noise sigma * face size): residuals in units of expected noise
+    sqrt_depth: float               # sqrt of the depth term's weight
+    prior: torch.Tensor             # (K,) precision of each coefficient's Gaussian prior
+    focal_prior: float              # precision of log(focal / f0)
+    expr_range: Optional[tuple]     # (lo, hi) for blendshape expressions
+    bound: float                    # sqrt of the range penalty's weight
+    cx: float
+    cy: float
+
+
+def landmark_bases(lm_layer) -> tuple:
+    """(T (L, 3), B (L, 3, Ks + Ke)) from a LandmarkLayer: the landmarks as a linear function."""
+    S = lm_layer.v_template.shape[0]
+    basis = torch.cat([lm_layer.shape_basis, lm_layer.expr_basis], 1).reshape(S, 3, -1)
+    tri = lm_layer.local_faces                                      # (L, 3)
+    bary = lm_layer.lm_bary                                         # (L, 3)
+    T = (lm_layer.v_template[tri] * bary[..., None]).sum(1)
+    B = (basis[tri] * bary[..., None, None]).sum(1)
+    return T, B
+
+
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros_like(v[..., 0])
+    return torch.stack([z, -v[..., 2], v[..., 1], v[..., 2], z, -v[..., 0], -v[..., 1], v[..., 0], z],
+                       -1).reshape(v.shape[:-1] + (3, 3))
+
+
+def _residuals_and_jacobian(pb: LandmarkProblem, R, t, log_f, f0, c, dist0, want_jacobian=True):
+    P = pb.T + pb.B @ c                                             # (L, 3)
+    Y = P @ R.T                                                     # rotated, before translation
+    X = Y + t
+    f = f0 * torch.exp(log_f)
+    Z = X[:, 2]
+    u = f * X[:, 0] / Z + pb.cx
+    v = f * X[:, 1] / Z + pb.cy
+    w = pb.sqrt_w * pb.scale
+    r_xy = torch.stack([(u - pb.target[:, 0]) * w, (v - pb.target[:, 1]) * w], 1).reshape(-1)
+    Zm = Z.mean()
+    tz = pb.target[:, 2] - pb.target[:, 2].mean()
+    dz = f * (Z - Zm) / Zm - tz
+    wd = w * pb.sqrt_depth
+    r_d = dz * wd
+    r_prior = torch.sqrt(pb.prior) * c
+    parts = [r_xy, r_d, r_prior]
+    K = len(c)
+    ke = K - pb.n_shape
+    e = c[pb.n_shape:]
+    if pb.expr_range is not None:
+        lo, hi = pb.expr_range
+        parts.append(pb.bound * (torch.relu(lo - e) + torch.relu(e - hi)))
+    parts.append(torch.as_tensor([np.sqrt(pb.focal_prior)], dtype=c.dtype, device=c.device) * log_f.reshape(1))
+    r = torch.cat(parts)
+    if not want_jacobian:
+        return r, None
+    L = len(P)
+    n = 3 + 3 + 1 + K                                               # rotation, translation, log f, coefficients
+    # d(pixel)/dX: (L, 2, 3)
+    dpx = torch.zeros(L, 2, 3, dtype=c.dtype, device=c.device)
+    dpx[:, 0, 0] = f / Z
+    dpx[:, 0, 2] = -f * X[:, 0] / Z ** 2
+    dpx[:, 1, 1] = f / Z
+    dpx[:, 1, 2] = -f * X[:, 1] / Z ** 2
+    # dX/dtheta: (L, 3, n)
+    dX = torch.zeros(L, 3, n, dtype=c.dtype, device=c.device)
+    dX[:, :, 0:3] = -_skew(Y)                                       # R <- exp(w) R
+    dX[:, :, 3:6] = dist0 * torch.eye(3, dtype=c.dtype, device=c.device)
+    dX[:, :, 7:] = R @ pb.B                                         # (3,3) @ (L,3,K)
+    J_xy = (dpx @ dX) * w[:, None, None]                            # (L, 2, n)
+    J_xy[:, 0, 6] = (u - pb.cx) * w
+    J_xy[:, 1, 6] = (v - pb.cy) * w
+    dZ = dX[:, 2, :]                                                # (L, n)
+    J_d = (f / Zm) * (dZ - (Z / Zm)[:, None] * dZ.mean(0, keepdim=True)) * wd[:, None]
+    J_d[:, 6] = f * (Z - Zm) / Zm * wd
+    rows = [J_xy.reshape(-1, n), J_d]
+    J_p = torch.zeros(K, n, dtype=c.dtype, device=c.device)
+    J_p[:, 7:] = torch.diag(torch.sqrt(pb.prior))
+    rows.append(J_p)
+    if pb.expr_range is not None:
+        lo, hi = pb.expr_range
+        slope = pb.bound * ((e > hi).to(c.dtype) - (e < lo).to(c.dtype))
+        J_b = torch.zeros(ke, n, dtype=c.dtype, device=c.device)
+        J_b[:, 7 + pb.n_shape:] = torch.diag(slope)
+        rows.append(J_b)
+    J_f = torch.zeros(1, n, dtype=c.dtype, device=c.device)
+    J_f[0, 6] = np.sqrt(pb.focal_prior)
+    rows.append(J_f)
+    return r, torch.cat(rows)
+
+
+def solve_landmarks(pb: LandmarkProblem, R0: torch.Tensor, t: torch.Tensor, f0: float, dist0: float,
+                    c0: torch.Tensor, log_f0: float = 0.0, rigid_iters: int = 6, iters: int = 15,
+                    fit_focal: bool = True, tol: float = 1e-7) -> dict:
+    """Rigid pose first, then everything. Returns {"R", "t", "log_f", "c", "cost", "iterations"}.
+
+    ``t`` is the translation, ``dist0`` the scale the translation step is measured in (the initial
+    distance), so every parameter is O(1) for the damping."""
+    R, t, c = R0.clone(), t.clone(), c0.clone()
+    log_f = torch.as_tensor(float(log_f0), dtype=c.dtype, device=c.device)
+    r, _ = _residuals_and_jacobian(pb, R, t, log_f, f0, c, dist0, want_jacobian=False)
+    cost = 0.5 * float(r @ r)
+    total = 0
+    K = len(c)
+    for stage_iters, free_coeffs in ((rigid_iters, False), (iters, True)):
+        free = torch.zeros(7 + K, dtype=torch.bool, device=c.device)
+        free[:6] = True
+        free[6] = fit_focal
+        free[7:] = free_coeffs
+        idx = torch.nonzero(free).flatten()
+        lam, nu = 1e-3, 2.0
+        for _ in range(stage_iters):
+            total += 1
+            r, J = _residuals_and_jacobian(pb, R, t, log_f, f0, c, dist0)
+            J = J[:, idx]
+            g = J.T @ r
+            H = J.T @ J
+            diag = torch.diagonal(H).clamp_min(1e-9)
+            improved = False
+            while lam < 1e10:
+                step = torch.linalg.solve(H + lam * torch.diag(diag), -g)
+                full = torch.zeros(7 + K, dtype=c.dtype, device=c.device)
+                full[idx] = step
+                R_n = axis_angle_to_matrix(full[:3][None])[0] @ R
+                t_n = t + dist0 * full[3:6]
+                lf_n = log_f + full[6]
+                c_n = c + full[7:]
+                r_n, _ = _residuals_and_jacobian(pb, R_n, t_n, lf_n, f0, c_n, dist0, want_jacobian=False)
+                new_cost = 0.5 * float(r_n @ r_n)
+                if new_cost < cost:
+                    predicted = float(-(g @ step) - 0.5 * (step @ (H @ step)))
+                    rho = (cost - new_cost) / max(predicted, 1e-12)
+                    lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+                    nu = 2.0
+                    improved = True
+                    break
+                lam *= nu
+                nu *= 2.0
+            if not improved:
+                break
+            converged = (cost - new_cost) <= tol * max(cost, 1e-12)
+            R, t, log_f, c, cost = R_n, t_n, lf_n, c_n, new_cost
+            if converged:
+                break
+    return {"R": R, "t": t, "log_f": log_f, "c": c, "cost": cost, "iterations": total}
