@@ -22,6 +22,7 @@ import torch
 from ..detect.landmarks import FaceLandmarks, landmark_regions
 from ..geometry import vertex_neighbours
 from ..jobs import ensure_progress
+from ..models.detector_bias import detector_bias
 from ..models.morphable import MorphableLayer, axis_angle_to_matrix
 from ..render.camera import project
 from . import losses
@@ -32,6 +33,9 @@ from .photometric import PhotometricTarget
 
 @dataclass
 class FitConfig:
+    # subtract the detector's calibrated pose-dependent drift and weight points by its noise: off by
+    # default, since on the likeness benchmark it did not help (see README, Likeness)
+    correct_detector_bias: bool = False
     landmark_solver: str = "lbfgs"     # "lbfgs" (stops early: regularises) or "lm": Levenberg-Marquardt to convergence
     lm_rigid_iters: int = 6            # LM iterations on the rigid pose, then on everything
     lm_iters: int = 15
@@ -220,6 +224,15 @@ class PhotoFitter:
         cx, cy = W / 2.0, H / 2.0
         f0 = 0.5 * max(H, W) / np.tan(np.radians(cfg.initial_fov_deg) / 2)
         rvec, tvec = initial_pose(layer, detection.points[lm_idx, :2], f0, cx, cy)
+        bias = detector_bias(layer.model) if cfg.correct_detector_bias else None
+        if bias is not None:
+            # the detector's expected drift for this head pose is removed, and each point counts by
+            # its calibrated noise (core/models/detector_bias.py)
+            import cv2
+            R_pnp = cv2.Rodrigues(rvec.astype(np.float64))[0]
+            pts = bias.correct(detection.points[lm_idx], face_size, R_pnp)
+            target = torch.as_tensor(pts, dtype=torch.float32, device=dev)[None]
+            weights = weights * torch.as_tensor(bias.weights(), device=dev)[None]
 
         p = {
             "shape": torch.zeros(1, layer.n_shape, device=dev, requires_grad=True),
