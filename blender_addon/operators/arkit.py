@@ -14,7 +14,7 @@ from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 from ..engine import core
 from ..runner import JobOperator, _fail_poll
 from ..scene.lookup import find_head
-from .reconstruct import engine_poll
+from .reconstruct import BrowseFirst, engine_poll
 
 
 def _arkit_module():
@@ -29,7 +29,7 @@ def _key_names(head) -> list:
     return [kb.name for kb in keys.key_blocks if kb != keys.reference_key]
 
 
-class FACEFORGE_OT_import_arkit_recording(JobOperator, bpy.types.Operator):
+class FACEFORGE_OT_import_arkit_recording(BrowseFirst, JobOperator, bpy.types.Operator):
     bl_idname = "faceforge.import_arkit_recording"
     bl_label = "Import ARKit Recording"
     bl_description = ("Animate the selected FaceForge head with an ARKit blendshape recording (the CSV that "
@@ -60,12 +60,6 @@ class FACEFORGE_OT_import_arkit_recording(JobOperator, bpy.types.Operator):
         if find_head(context) is None:
             return _fail_poll(cls, "No FaceForge head in the scene: select or build one first")
         return engine_poll(cls, context)
-
-    def invoke(self, context, event):
-        if not self.filepath:
-            context.window_manager.fileselect_add(self)
-            return {"RUNNING_MODAL"}
-        return JobOperator.invoke(self, context, event)
 
     def draw(self, context):
         layout = self.layout

@@ -13,15 +13,14 @@ import os
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, IntProperty, StringProperty
 
-from .. import paths
 from ..engine import core, load_pipeline
 from ..runner import JobOperator
-from .reconstruct import EngineOptions, warnings_of
+from .reconstruct import BrowseFirst, EngineOptions, warnings_of
 
 TEXTURE_SIZES = (256, 512, 1024, 2048, 4096)
 
 
-class FACEFORGE_OT_reconstruct_photos(EngineOptions, JobOperator, bpy.types.Operator):
+class FACEFORGE_OT_reconstruct_photos(BrowseFirst, EngineOptions, JobOperator, bpy.types.Operator):
     bl_idname = "faceforge.reconstruct_photos"
     bl_label = "Reconstruct from Photos"
     bl_description = ("Fit one head to several photos of the same person (select several files, or a folder): "
@@ -37,11 +36,8 @@ class FACEFORGE_OT_reconstruct_photos(EngineOptions, JobOperator, bpy.types.Oper
     texture_size: IntProperty(name="Texture Size", default=0, min=0, max=4096, options={"SKIP_SAVE"},
                               description="Skin texture size in pixels (512, 1024 or 2048); 0 uses the panel's choice")
 
-    def invoke(self, context, event):
-        if not self.directory and not self._names():
-            context.window_manager.fileselect_add(self)
-            return {"RUNNING_MODAL"}
-        return JobOperator.invoke(self, context, event)
+    def has_input(self) -> bool:
+        return bool(self.directory or self._names())
 
     def _names(self) -> list:
         return [f.name for f in self.files if f.name]

@@ -31,6 +31,20 @@ def model_override(spec: str) -> str:
     return spec if spec.strip().lower() in EMBEDDED_MODEL_NAMES else bpy.path.abspath(spec)
 
 
+class BrowseFirst:
+    """Mix-in for file-taking job operators: invoked without a file (F3, a menu), they open the file
+    browser first; with one (the panel, scripts) they run as jobs straight away."""
+
+    def has_input(self) -> bool:
+        return bool(self.filepath)
+
+    def invoke(self, context, event):
+        if not self.has_input():
+            context.window_manager.fileselect_add(self)
+            return {"RUNNING_MODAL"}
+        return JobOperator.invoke(self, context, event)
+
+
 class EngineOptions:
     """Mix-in for engine jobs: the model / device overrides and the shared poll (used by every
     capability: photo, photos, video)."""
@@ -68,7 +82,7 @@ def warnings_of(result) -> list:
     return [str(w) for w in (getattr(result, "warnings", None) or [])]
 
 
-class FACEFORGE_OT_reconstruct_photo(EngineOptions, JobOperator, bpy.types.Operator):
+class FACEFORGE_OT_reconstruct_photo(BrowseFirst, EngineOptions, JobOperator, bpy.types.Operator):
     bl_idname = "faceforge.reconstruct_photo"
     bl_label = "Reconstruct from Photo"
     bl_description = ("Fit the head model to a photo of one face and build a rigged head with its "
@@ -85,12 +99,6 @@ class FACEFORGE_OT_reconstruct_photo(EngineOptions, JobOperator, bpy.types.Opera
     output_dir: StringProperty(name="Report Folder",
                                description="When set, also write params.json and overlay.png into this folder",
                                subtype="DIR_PATH", default="")
-
-    def invoke(self, context, event):
-        if not self.filepath:   # F3 / scripts without a photo: browse, then run in the foreground
-            context.window_manager.fileselect_add(self)
-            return {"RUNNING_MODAL"}
-        return JobOperator.invoke(self, context, event)
 
     def prepare(self, context):
         path = bpy.path.abspath(self.filepath) if self.filepath else ""

@@ -17,7 +17,7 @@ from bpy.props import BoolProperty, IntProperty, StringProperty
 from .. import paths
 from ..engine import core, load_pipeline
 from ..runner import JobOperator
-from .reconstruct import EngineOptions, engine_poll, model_override, warnings_of
+from .reconstruct import BrowseFirst, EngineOptions, engine_poll, model_override, warnings_of
 
 VIDEO_GLOB = "*.mp4;*.mov;*.avi;*.mkv;*.m4v;*.webm;*.mpg;*.mpeg"
 TRACK_SUFFIX = ".fftrack.npz"
@@ -57,7 +57,7 @@ def build_tracked_head(op, context, result, source: str, track_path: str = "", s
     return msg
 
 
-class FACEFORGE_OT_track_video(EngineOptions, JobOperator, bpy.types.Operator):
+class FACEFORGE_OT_track_video(BrowseFirst, EngineOptions, JobOperator, bpy.types.Operator):
     bl_idname = "faceforge.track_video"
     bl_label = "Track Video"
     bl_description = ("Track the face through a video (or a folder of frames): one identity for the whole clip, "
@@ -83,12 +83,6 @@ class FACEFORGE_OT_track_video(EngineOptions, JobOperator, bpy.types.Operator):
     track_file: StringProperty(name="Track File", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
                                description="Where to save the track (empty: next to the .blend file, else the "
                                            "temp folder); a number is added if the file exists")
-
-    def invoke(self, context, event):
-        if not self.filepath:
-            context.window_manager.fileselect_add(self)
-            return {"RUNNING_MODAL"}
-        return JobOperator.invoke(self, context, event)
 
     def track_path(self, video: str) -> str:
         if not self.save_track:
@@ -139,7 +133,7 @@ class FACEFORGE_OT_track_video(EngineOptions, JobOperator, bpy.types.Operator):
         return msg
 
 
-class FACEFORGE_OT_import_track(JobOperator, bpy.types.Operator):
+class FACEFORGE_OT_import_track(BrowseFirst, JobOperator, bpy.types.Operator):
     bl_idname = "faceforge.import_track"
     bl_label = "Import Track"
     bl_description = ("Build the animated head from a saved FaceForge track (.fftrack.npz) without tracking "
@@ -158,12 +152,6 @@ class FACEFORGE_OT_import_track(JobOperator, bpy.types.Operator):
         if context.scene is None or not hasattr(context.scene, "faceforge"):
             return False
         return engine_poll(cls, context)
-
-    def invoke(self, context, event):
-        if not self.filepath:
-            context.window_manager.fileselect_add(self)
-            return {"RUNNING_MODAL"}
-        return JobOperator.invoke(self, context, event)
 
     def prepare(self, context):
         path = bpy.path.abspath(self.filepath) if self.filepath else ""
