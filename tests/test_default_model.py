@@ -203,6 +203,14 @@ def test_blender_head_exports_every_part_and_key(tmp_path):
     assert len(keys) == 59 and "jawOpen" in keys and "browInnerUp" in keys and "tongueOut" not in keys
     img = next(n.image for n in me.materials[0].node_tree.nodes if n.type == "TEX_IMAGE")
     assert tuple(img.size) == (2048, 1024)
+    # glTF multiplies every primitive by the vertex colours: white except where a material reads them
+    col = np.zeros(len(me.vertices) * 4, dtype=np.float32)
+    me.color_attributes["albedo"].data.foreach_get("color", col)
+    col = col.reshape(-1, 4)[:, :3]
+    assert np.allclose(col[:9409], 1.0)                                 # textured skin: white
+    assert np.allclose(col[17039:21451], 1.0)                           # teeth: a plain material colour
+    eyes = col[21451:24591]
+    assert eyes.min() < 0.1 and np.ptp(eyes) > 0.5                      # pupils, irises and sclera
     lashes = me.materials[len(me.materials) - 1]
     assert getattr(lashes, "blend_method", "BLEND") == "BLEND"
 

@@ -171,6 +171,14 @@ def _make_mesh(rig, name: str):
         attr = mesh.color_attributes.new(name="albedo", type="FLOAT_COLOR", domain="POINT")
         rgba = np.ones((V, 4), dtype=np.float32)
         rgba[:, :3] = srgb_to_linear(rig.vertex_colors)  # FLOAT_COLOR stores scene-linear values
+        if tp is not None:
+            # glTF multiplies every primitive's colour by the mesh's vertex colours: keep them white
+            # on parts whose material does not read them (textured skin, plain teeth, lashes...)
+            reads = vertex_colour_slots(rig)
+            slot_of_corner = np.repeat(np.asarray(tp.material_index), sizes)
+            white = np.ones(V, dtype=bool)
+            white[corners[np.isin(slot_of_corner, reads)]] = False
+            rgba[white, :3] = 1.0
         attr.data.foreach_set("color", rgba.ravel())
         colors = mesh.color_attributes
         if hasattr(colors, "active_color_name"):
@@ -218,6 +226,20 @@ PART_LOOKS = {"mouth": ((0.45, 0.18, 0.18), 0.5, 1.0), "gums": ((0.62, 0.28, 0.3
               "teeth": ((0.88, 0.86, 0.80), 0.3, 1.0), "eye": (None, 0.15, 1.0),
               "eye_wet": ((0.9, 0.9, 0.9), 0.05, 0.08), "eye_occlusion": ((0.8, 0.78, 0.76), 1.0, 0.0),
               "lashes": ((0.05, 0.04, 0.03), 0.8, 0.4)}     # ICT's lash strips: strands need a texture
+
+
+def vertex_colour_slots(rig) -> list:
+    """Material slots (indices into the rig's topology) whose shader reads the vertex colours: the
+    eyes (sclera/iris colours), and the skin when it has no baked texture."""
+    tp = rig.topology
+    textured = bool(rig.texture_path and os.path.isfile(rig.texture_path))
+    out = []
+    for i, slot in enumerate(tp.material_names):
+        if slot == "skin" and not textured:
+            out.append(i)
+        elif slot != "skin" and PART_LOOKS.get(slot, ((0.6, 0.6, 0.6), 0.5, 1.0))[0] is None:
+            out.append(i)
+    return out
 
 
 def _new_material(name: str):
