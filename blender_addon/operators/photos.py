@@ -15,7 +15,7 @@ from bpy.props import BoolProperty, CollectionProperty, IntProperty, StringPrope
 
 from ..engine import core, load_pipeline
 from ..runner import JobOperator
-from .reconstruct import BrowseFirst, EngineOptions, warnings_of
+from .reconstruct import IMAGE_GLOB, BrowseFirst, EngineOptions, warnings_of
 
 TEXTURE_SIZES = (256, 512, 1024, 2048, 4096)
 
@@ -33,6 +33,7 @@ class FACEFORGE_OT_reconstruct_photos(BrowseFirst, EngineOptions, JobOperator, b
                               description="The photos' folder (all its photos are used when no file is selected)")
     filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_glob: StringProperty(default=IMAGE_GLOB, options={"HIDDEN", "SKIP_SAVE"})
     texture_size: IntProperty(name="Texture Size", default=0, min=0, max=4096, options={"SKIP_SAVE"},
                               description="Skin texture size in pixels (512, 1024 or 2048); 0 uses the panel's choice")
 

@@ -14,7 +14,11 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 from .. import dependencies, preferences
 from ..properties import EMBEDDED_MODEL_NAMES, MODEL_NAMES
 from ..engine import core, load_pipeline
+from ..core.detect.images import image_file_glob
 from ..runner import JobOperator, _fail_poll
+
+# Blender's image filter hides formats it does not read itself (.ppm, .pgm, .pfm, ...): the glob adds them
+IMAGE_GLOB = image_file_glob()
 
 DEVICE_OVERRIDE_ITEMS = (("PREFS", "Preferences", "Use the device chosen in the add-on preferences"),) \
     + preferences.DEVICE_ITEMS
@@ -96,6 +100,7 @@ class FACEFORGE_OT_reconstruct_photo(BrowseFirst, EngineOptions, JobOperator, bp
                              default="", options={"SKIP_SAVE"})
     filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_glob: StringProperty(default=IMAGE_GLOB, options={"HIDDEN", "SKIP_SAVE"})
     output_dir: StringProperty(name="Report Folder",
                                description="When set, also write params.json and overlay.png into this folder",
                                subtype="DIR_PATH", default="")

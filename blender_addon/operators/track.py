@@ -37,10 +37,8 @@ def build_tracked_head(op, context, result, source: str, track_path: str = "", s
     model_name = getattr(getattr(result, "model", None), "name", None)
     if model_name:
         head["faceforge_model"] = str(model_name)
+    # the track's own warnings already say which frames without a face were interpolated or held
     warnings = warnings_of(result)
-    if anim.valid is not None and not bool(anim.valid.all()):
-        missing = int((~anim.valid.astype(bool)).sum())
-        warnings.append(f"No face in {missing} of {anim.n_frames} frames: the head is interpolated there.")
     if not media_kind(anim.video_path):
         warnings.append(f"The video '{anim.video_path}' was not found: the camera has no background.")
     if warnings:

@@ -45,14 +45,15 @@ def one_euro_zero_phase(x: np.ndarray, fps: float, min_cutoff: float = 1.5, beta
 
 def fill_gaps(values: np.ndarray, valid: np.ndarray, max_gap: int):
     """Linear interpolation across runs of invalid frames no longer than ``max_gap``; longer runs
-    and the clip's ends hold the nearest valid value. Returns (filled, long_gaps [(start, end)])."""
+    and the clip's ends hold the nearest valid value. Returns (filled, held [(start, end)]): every
+    run that was held rather than interpolated, whatever its length, so reports can say which."""
     values = np.array(values, np.float64, copy=True)
     valid = np.asarray(valid, bool)
     T = len(valid)
     idx = np.flatnonzero(valid)
     if len(idx) == 0:
         return values, [(0, T)]
-    long_gaps = []
+    held = []
     t = 0
     while t < T:
         if valid[t]:
@@ -72,6 +73,6 @@ def fill_gaps(values: np.ndarray, valid: np.ndarray, max_gap: int):
             values[s:e] = (1 - w) * values[s - 1] + w * values[e]
         else:
             values[s:e] = values[s - 1]
-        if e - s > max_gap:
-            long_gaps.append((s, e))
-    return values, long_gaps
+        if s == 0 or e == T or e - s > max_gap:
+            held.append((s, e))
+    return values, held

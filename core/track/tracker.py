@@ -8,7 +8,8 @@
    the identity fixed. Each frame starts from PnP warm-started with the previous frame's pose,
    each chunk from the previous chunk's last expression; velocity and acceleration priors
    inside the optimisation couple neighbouring frames (and the previous chunk's last frame).
-4. Gaps: short runs of missing faces are interpolated, long ones held and reported.
+4. Gaps: short runs of missing faces are interpolated, long ones (and the clip's ends) held;
+   both reported.
 5. A zero-phase One-Euro filter removes what jitter is left without adding lag.
 Only the landmark points are evaluated (LandmarkLayer), so the cost barely depends on the mesh.
 """
@@ -25,7 +26,7 @@ import torch
 
 from ..detect.landmarks import N_POINTS, LandmarkDetector
 from ..device import resolve_device
-from ..errors import NoFaceError
+from ..errors import InputError, NoFaceError
 from ..fit.batch_fit import BatchLandmarkFitter, BatchPriors
 from ..jobs import ensure_progress
 from ..models import load_model
@@ -49,24 +50,51 @@ class TrackConfig:
     priors: BatchPriors = field(default_factory=BatchPriors)   # landmark noise, coefficient and temporal priors
 
 
-def detect_sequence(source, start: int, end: int, progress, fraction=(0.0, 0.4)):
-    """Landmarks of every frame: (T, 478, 3) with NaN where no face, plus face sizes."""
-    T = end - start
-    pts = np.full((T, N_POINTS, 3), np.nan, np.float32)
-    sizes = np.zeros(T, np.float32)
+def detect_sequence(source, start: int, end: Optional[int], progress, fraction=(0.0, 0.4)):
+    """Landmarks of every frame that decodes in [start, end) (``end=None``: to the end of the data):
+    (T, 478, 3) with NaN where no face, face sizes (T,), and how many frames showed several faces.
+    T is what decoded, which can be less (or more) than the video's header says."""
+    expected = max(1, (source.n_frames if end is None else min(end, source.n_frames or end)) - start)
+    pts, sizes = [], []
     multi = 0
     with LandmarkDetector(video=True, max_faces=2) as det:
         for i, frame in source.frames(start, end):
             k = i - start
+            points, size = np.full((N_POINTS, 3), np.nan, np.float32), 0.0
             try:
                 lm = det.detect(frame)
-                pts[k], sizes[k] = lm.points, lm.face_size
+                points, size = lm.points, lm.face_size
                 multi += lm.n_faces > 1
             except NoFaceError:
                 pass
-            if k % 5 == 0:
-                progress.update("detecting landmarks", fraction[0] + (fraction[1] - fraction[0]) * k / T)
-    return pts, sizes, multi
+            pts.append(points)
+            sizes.append(size)
+            if k % 5 == 0:   # the header's count is only an estimate of how far along this is
+                progress.update("detecting landmarks", fraction[0] + (fraction[1] - fraction[0]) * min(1.0, k / expected))
+    if not pts:
+        return np.zeros((0, N_POINTS, 3), np.float32), np.zeros(0, np.float32), multi
+    return np.stack(pts).astype(np.float32), np.asarray(sizes, np.float32), multi
+
+
+def _n_frames(n: int) -> str:
+    return f"{n} frame" if n == 1 else f"{n} frames"
+
+
+def gap_warnings(valid: np.ndarray, held: list, start: int, max_gap: int) -> list:
+    """One message per kind of gap, counted on the same frames (together: every frame without a face):
+    short gaps between faces are interpolated, long ones and the clip's ends held (see fill_gaps)."""
+    missing = int((~valid).sum())
+    n_held = sum(e - s for s, e in held)
+    out = []
+    if missing > n_held:
+        out.append(f"No face in {_n_frames(missing - n_held)} in short gaps (at most {max_gap} frames each): "
+                   "the pose is interpolated there.")
+    if held:
+        runs = [f"{start + s}-{start + e - 1}" if e - s > 1 else str(start + s) for s, e in held]
+        listed = ", ".join(runs[:6]) + (f" and {len(runs) - 6} more" if len(runs) > 6 else "")
+        out.append(f"No face in frames {listed} ({_n_frames(n_held)}): the pose is held from the nearest "
+                   "frame with a face.")
+    return out
 
 
 def _log_rotation(R: np.ndarray) -> np.ndarray:
@@ -83,20 +111,32 @@ def track_video(video, model=None, device="auto", progress=None, config: Optiona
     t_start = time.perf_counter()
     progress.update("opening video", 0.0)
     src = open_frames(video, fps)
-    start, end = frame_range if frame_range else (0, src.n_frames)
-    start, end = max(0, int(start)), min(src.n_frames, int(end))
-    if end - start < 2:
-        raise NoFaceError(f"The frame range {start}-{end} of {Path(str(video)).name} has fewer than 2 frames.")
+    name = Path(str(video)).name
+    start, end = (int(frame_range[0]), int(frame_range[1])) if frame_range else (0, None)
+    start = max(0, start)
+    if end is not None and end - start < 2:
+        raise InputError(f"The frame range {start}-{end} of {name} has fewer than 2 frames.")
     mm = load_model(model)
     progress.update("detecting landmarks", 0.02)
+    # every frame is decoded in order: T is what the file holds, not what its header claims
     pts, sizes, multi = detect_sequence(src, start, end, progress, (0.02, 0.45))
     T = len(pts)
+    length_note = src.length_warning()
+    if T < 2:
+        # only when the data ended early: a range of 2+ frames inside the data would hold them
+        decoded = src.n_frames
+        raise InputError(f"{name} has {decoded} decodable frame{'s' if decoded != 1 else ''}"
+                         + (f" (its header says {src.header_frames})" if length_note else "")
+                         + (f", so the frame range {start}-{end} holds {T or 'none'}" if frame_range else "")
+                         + "; tracking needs 2 or more.")
     valid = ~np.isnan(pts[:, 0, 0])
     warnings = []
+    if length_note:
+        warnings.append(f"{length_note}; tracking {T}" + (f" (frames {start}-{start + T - 1})." if start else "."))
     if valid.sum() == 0:
-        raise NoFaceError(f"No face was found in any of the {T} frames of {Path(str(video)).name}.")
+        raise NoFaceError(f"No face was found in any of the {T} frames of {name}.")
     if valid.sum() < 2:
-        raise NoFaceError(f"A face was found in only one frame of {Path(str(video)).name}; tracking needs more.")
+        raise NoFaceError(f"A face was found in only one frame of {name}; tracking needs more.")
     if multi:
         warnings.append(f"Several faces were seen in {multi} frames; the largest was tracked.")
     t_detect = time.perf_counter()
@@ -166,16 +206,14 @@ def track_video(video, model=None, device="auto", progress=None, config: Optiona
     t_fit = time.perf_counter()
 
     # -- gaps and smoothing ---------------------------------------------------------------------
-    long_gaps = []
+    held = []
     filled = []
     for arr in (rot_all, trans_all, expr_all, joint_all.reshape(T, -1)):
-        f, gaps = fill_gaps(arr, valid, cfg.max_gap)
+        f, held = fill_gaps(arr, valid, cfg.max_gap)
         filled.append(f)
-        long_gaps = gaps
     rot_all, trans_all, expr_all = filled[0], filled[1], filled[2]
     joint_all = filled[3].reshape(T, nj, 3)
-    for s, e in long_gaps:
-        warnings.append(f"No face in frames {start + s}-{start + e - 1} ({e - s} frames): the pose is held there.")
+    warnings += gap_warnings(valid, held, start, cfg.max_gap)
     if cfg.smooth_min_cutoff > 0:
         rot_all = one_euro_zero_phase(rot_all, src.fps, cfg.smooth_min_cutoff, cfg.smooth_beta)
         trans_all = one_euro_zero_phase(trans_all, src.fps, cfg.smooth_min_cutoff, cfg.smooth_beta)
