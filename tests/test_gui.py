@@ -116,6 +116,19 @@ def test_gui_install_reconstruct_cancel_screenshot(blender_env, legacy_zip, phot
     assert res["operator_state"] == "FINISHED" and res["object_exists"]
     assert res["vertices"] == 26719 and res["shape_keys"] == 59          # the default full head
     assert res["view_camera"] == ["FINISHED"] and res["undo_removes_head"]
+    # View Through Photo Camera: the whole photo frame (as Blender projects it) lies in the part of the view
+    # that the toolbar, sidebar and tool header do not cover, and fills it along one side
+    cv = res["camera_view"]
+    w, h = cv["region"]
+    covers = cv["covers"]
+    left = covers["TOOLS"][0] + covers["TOOLS"][2] if "TOOLS" in covers else 0
+    right = covers["UI"][0] if "UI" in covers else w
+    top = covers["TOOL_HEADER"][1] if "TOOL_HEADER" in covers else h
+    xs, ys = [c[0] for c in cv["corners"]], [c[1] for c in cv["corners"]]
+    assert left <= min(xs) and max(xs) <= right and 0 <= min(ys) and max(ys) <= top, cv
+    assert max((max(xs) - min(xs)) / (right - left), (max(ys) - min(ys)) / top) > 0.9, cv
+    # the head went beside the startup cube, and its photo camera does not see the cube
+    assert cv["cube_points_in_view"] == 0 and any(abs(c) > 0.5 for c in cv["head_origin"]), cv
     for name in ("progress", "result", "head", "gaze"):
         png = Path(res["screens"][name])
         assert png.is_file(), name

@@ -192,7 +192,10 @@ def test_build_head_geometry_keys_colours(empty_scene, tmp_path):
     assert json.loads(obj["faceforge_params"])["shape"] == [0.0, 1.0, 2.0]
     assert bpy.context.view_layer.objects.active == obj and obj.select_get()
     assert head_builder.find_head(bpy.context) == obj
-    assert out["collection"].name == "FaceForge" and obj.name in out["collection"].objects
+    # its own collection inside the shared "FaceForge" one; the head hangs from an empty at the cursor (origin)
+    assert out["collection"].name == "TestHead" and obj.name in out["collection"].objects
+    assert out["collection"].name in bpy.data.collections["FaceForge"].children
+    assert out["origin"].location.length == 0 and not out["moved"]
 
 
 def test_camera_matches_opencv_projection(empty_scene, tmp_path):

@@ -9,7 +9,8 @@ Steps (each on a bpy.app.timers tick, so the window keeps drawing in between):
  2. open the 3D view's sidebar on the FaceForge tab, set the photo in the panel;
  3. click Reconstruct (INVOKE: the background job + modal progress path), screenshot the progress
     bar, press Esc (a simulated key event) and check the scene did not change;
- 4. click Reconstruct again and let it finish; view through the photo camera, screenshot;
+ 4. click Reconstruct again and let it finish (the startup cube stays: the head goes beside it);
+    view through the photo camera, screenshot, and record where Blender draws the camera frame;
  5. undo once and check the head is gone (one undo step); write result.json and quit.
 Everything it saw goes to result.json; the test asserts on it.
 """
@@ -142,12 +143,8 @@ def run_steps():
     RESULT["registered"] = hasattr(bpy.types, "FACEFORGE_OT_reconstruct_photo")
     log(f"installed {ZIP}: {RESULT['installed']} from {RESULT['addon_file']}")
 
-    # 2. a clean scene (the startup cube would hide the head), sidebar on the FaceForge tab
-    cube = bpy.data.objects.get("Cube")
-    if cube is not None:
-        bpy.data.objects.remove(cube)
-        with override():
-            bpy.ops.ed.undo_push(message="Delete cube")
+    # 2. the startup scene as a user has it (the default cube stays: the head must go beside it),
+    # sidebar on the FaceForge tab
     bpy.context.scene.faceforge.photo_path = os.path.abspath(PHOTO)
     win, area, _ = window_area()
     space = area.spaces.active
@@ -217,6 +214,8 @@ def run_steps():
         RESULT["view_camera"] = sorted(bpy.ops.faceforge.view_photo_camera())
     yield 1.5   # let the viewport and sidebar redraw
     RESULT["screens"]["result"] = screenshot("faceforge_result.png")
+    RESULT["camera_view"] = camera_view_check(head)
+    log(f"camera view: {RESULT['camera_view']}")
 
     # 4b. the head itself, turned three-quarters, in material preview; then with its
     # eyes following an eyeLook shape (the default head's eyeLook shapes turn the eyeballs)
@@ -251,6 +250,35 @@ def run_steps():
     RESULT["undo_removes_head"] = not any(o.get("faceforge_head") for o in bpy.data.objects)
     log(f"undo removes the head: {RESULT['undo_removes_head']}")
     finish(0)
+
+
+def camera_view_check(head) -> dict:
+    """Where the photo camera's frame is drawn (Blender's own view matrices), what covers the view,
+    where the head went, and whether the startup cube shows in the photo camera."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from bpy_extras.view3d_utils import location_3d_to_region_2d
+    scene = bpy.context.scene
+    _win, area, region = window_area()
+    rv3d = area.spaces.active.region_3d
+    cam = scene.camera
+    frame = [cam.matrix_world @ v for v in cam.data.view_frame(scene=scene)]
+    corners = [tuple(location_3d_to_region_2d(region, rv3d, p)) for p in frame]
+    covers = {r.type: [r.x - region.x, r.y - region.y, r.width, r.height] for r in area.regions
+              if r.type in ("TOOLS", "UI", "TOOL_HEADER") and r.width > 1 and r.height > 1}
+    out = {"corners": corners, "region": [region.width, region.height], "covers": covers,
+           "head_origin": list(head.matrix_world.translation), "cube_points_in_view": None}
+    cube = bpy.data.objects.get("Cube")
+    if cube is not None:
+        seen = 0
+        for i in range(11):
+            for j in range(11):
+                for k in (0, 10):            # two opposite faces per axis, an 11 x 11 grid each
+                    for p in ((i, j, k), (i, k, j), (k, i, j)):
+                        local = Vector([-1 + 0.2 * c for c in p])
+                        x, y, z = world_to_camera_view(scene, cam, cube.matrix_world @ local)
+                        seen += 0 <= x <= 1 and 0 <= y <= 1 and cam.data.clip_start <= z <= cam.data.clip_end
+        out["cube_points_in_view"] = seen
+    return out
 
 
 def show_faceforge_tab(area):

@@ -73,6 +73,7 @@ class FACEFORGE_OT_reconstruct_photos(BrowseFirst, EngineOptions, JobOperator, b
 
     # -- scene (main thread, rolled back by the runner if anything raises) ---------------------
     def finish(self, context, result):
+        from ..scene.placement import placement_note
         from ..scene.texture import build_textured_head
         pipeline, rec = result
         rig = rec.rig
@@ -91,7 +92,7 @@ class FACEFORGE_OT_reconstruct_photos(BrowseFirst, EngineOptions, JobOperator, b
             context.scene.faceforge.photos_dir = self._inputs[0]
         w, h = image.size
         return (f"Built '{head.name}' from {len(rec.image_paths)} photos: {len(head.data.vertices)} vertices, "
-                f"{w}x{h} texture {where}, {len(built['cameras'])} photo cameras")
+                f"{w}x{h} texture {where}, {len(built['cameras'])} photo cameras") + placement_note(built)
 
 
 CLASSES = (FACEFORGE_OT_reconstruct_photos,)

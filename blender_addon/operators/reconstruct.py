@@ -124,6 +124,7 @@ class FACEFORGE_OT_reconstruct_photo(BrowseFirst, EngineOptions, JobOperator, bp
     # -- scene (main thread, rolled back by the runner if anything raises) ---------------------
     def finish(self, context, result):
         from ..scene.head_builder import build_head
+        from ..scene.placement import placement_note
         from ..scene.texture import build_textured_head
         pipeline, rec = result
         where = ""
@@ -152,6 +153,7 @@ class FACEFORGE_OT_reconstruct_photo(BrowseFirst, EngineOptions, JobOperator, bp
         keys = head.data.shape_keys
         msg = (f"Built '{head.name}': {len(head.data.vertices)} vertices, "
                f"{max(0, len(keys.key_blocks) - 1) if keys else 0} expression keys{where}")
+        msg += placement_note(built)
         if outputs:
             msg += f"; wrote {', '.join(str(p) for p in outputs.values())}"
         return msg

@@ -26,6 +26,7 @@ TRACK_SUFFIX = ".fftrack.npz"
 def build_tracked_head(op, context, result, source: str, track_path: str = "", saved: bool = False) -> str:
     """Scene part shared by both operators: build the animated head, label it, return the message."""
     from ..scene.head_builder import build_head, media_kind
+    from ..scene.placement import placement_note
     rig = result.rig
     anim = rig.animation
     built = build_head(context, rig)
@@ -49,7 +50,7 @@ def build_tracked_head(op, context, result, source: str, track_path: str = "", s
     scene = context.scene
     fps = scene.render.fps / scene.render.fps_base
     msg = (f"{source}: '{head.name}' animated over {anim.n_frames} frames (scene frames {first}-{last}, "
-           f"{fps:.3f} fps)")
+           f"{fps:.3f} fps)") + placement_note(built)
     if saved and track_path:
         msg += f"; track saved to {track_path}"
     return msg

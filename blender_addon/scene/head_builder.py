@@ -16,6 +16,8 @@ from mathutils import Matrix, Quaternion
 
 from .lookup import (CAMERA_HEAD_PROP, CAMERA_PROP, CAMERA_RESOLUTION_PROP, HEAD_PROP,  # noqa: F401
                      RIG_PROP, find_head, rig_of)  # (re-exported)
+from .placement import (box_corners, camera_frustum_local, find_place, fit_clip_end, head_box, place_setup,
+                        placement_head_points, scene_obstacles, transform_points)
 from .rollback import SceneSnapshot
 
 # model (x, y, z) -> Blender (x, -z, y); a proper rotation (det +1)
@@ -537,13 +539,17 @@ def _json_default(o):
     return str(o)
 
 
-def _target_collection(context, name: str):
-    coll = bpy.data.collections.get(name)
-    if coll is None or coll.library is not None:
-        coll = bpy.data.collections.new(name)
+def _target_collection(context, name: str, head_name: str):
+    """A new collection for this head (Blender numbers the name if it is taken) inside the shared
+    ``name`` collection, so heads can be hidden one by one or all together."""
+    parent = bpy.data.collections.get(name)
+    if parent is None or parent.library is not None:
+        parent = bpy.data.collections.new(name)
     scene_root = context.scene.collection
-    if coll.name not in scene_root.children and not _nested_in(scene_root, coll):
-        scene_root.children.link(coll)
+    if parent.name not in scene_root.children and not _nested_in(scene_root, parent):
+        scene_root.children.link(parent)
+    coll = bpy.data.collections.new(head_name)
+    parent.children.link(coll)
     return coll
 
 
@@ -561,18 +567,23 @@ def build_head(context, rig, collection_name: str = "FaceForge") -> dict:
     becomes the scene camera); with ``rig.animation`` (a tracked clip) the shape keys and bones are
     keyed per frame and the scene's fps and frame range follow the clip (see ``animation.py``).
 
-    Returns ``{"collection", "mesh", "material", "camera", "cameras", "armature", "actions"}``
-    (camera/armature may be None). On any exception everything created so far is removed and the
-    scene settings (camera, resolution, fps, frame range, selection) are restored before the
-    exception propagates.
+    Each head gets its own collection inside ``collection_name`` and hangs, with its rig and
+    cameras, from an empty at the 3D cursor, or at the nearest spot beside it where neither the
+    head nor its cameras' views meet other objects (see ``placement.py``).
+
+    Returns ``{"collection", "mesh", "material", "camera", "cameras", "armature", "actions", "origin",
+    "location", "moved"}`` (camera/armature may be None; ``moved``: not at the cursor). On any
+    exception everything created so far is removed and the scene settings (camera, resolution, fps,
+    frame range, selection) are restored before the exception propagates.
     """
     check_rig(rig)
     if context.view_layer.objects.active is not None and context.view_layer.objects.active.mode != "OBJECT":
         bpy.ops.object.mode_set(mode="OBJECT")
     snap = SceneSnapshot(context)
     try:
-        coll = _target_collection(context, collection_name)
+        obstacles = scene_obstacles(context)          # what is there before this head
         name = rig.name or "FaceForgeHead"
+        coll = _target_collection(context, collection_name, name)
         mesh = _make_mesh(rig, name)
         obj = bpy.data.objects.new(name, mesh)
         coll.objects.link(obj)
@@ -593,7 +604,8 @@ def build_head(context, rig, collection_name: str = "FaceForge") -> dict:
         actions = {}
         if rig.animation is not None:
             from .animation import animate_head
-            actions = animate_head(context, rig, obj, arm, MODEL_TO_BLENDER)
+            actions = animate_head(context, rig, obj, arm, MODEL_TO_BLENDER)   # keyed at the origin, then moved
+        origin, location, moved = _place(context, rig, coll, name, [obj, arm] + cameras, cameras, obstacles)
         # finally: the new head is the (only) selection and the active object
         view_layer = context.view_layer
         for o in view_layer.objects:
@@ -605,4 +617,21 @@ def build_head(context, rig, collection_name: str = "FaceForge") -> dict:
         snap.rollback()
         raise
     return {"collection": coll, "mesh": obj, "material": mat, "camera": cam, "cameras": cameras,
-            "armature": arm, "actions": actions}
+            "armature": arm, "actions": actions, "origin": origin, "location": location, "moved": moved}
+
+
+def _place(context, rig, coll, name, objects, cameras, obstacles) -> tuple:
+    """Clip each camera just behind the head, find a free spot, hang everything from an empty there."""
+    points = placement_head_points(rig, to_blender, MODEL_TO_BLENDER)     # every frame's box, Blender axes
+    lo, hi = head_box(points)
+    corners = box_corners(lo, hi)
+    # the space behind the head a camera still shows: room for hair, a body, a backdrop built around it
+    margin = max(0.3, float(np.linalg.norm(hi - lo)))
+    frusta = []
+    for cam in cameras:
+        fit_clip_end(cam, corners, margin)
+        frusta.append(transform_points(cam.matrix_world, camera_frustum_local(cam)))
+    location, moved = find_place(context.scene.cursor.location, lo, hi, frusta, obstacles)
+    origin = place_setup(context, coll, name, [o for o in objects if o is not None], lo, hi, location)
+    context.view_layer.update()           # world matrices of the moved objects, for the caller
+    return origin, tuple(float(x) for x in location), bool(moved)

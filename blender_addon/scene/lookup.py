@@ -7,6 +7,7 @@ RIG_PROP = "faceforge_rig"
 CAMERA_PROP = "faceforge_camera"
 CAMERA_HEAD_PROP = "faceforge_camera_of"          # on a camera: the head object it was built with (an ID reference)
 CAMERA_RESOLUTION_PROP = "faceforge_resolution"   # on a camera: its photo / video size (width, height)
+ORIGIN_PROP = "faceforge_origin"                  # on the empty that carries a head with its rig and cameras
 
 
 def find_head(context):
@@ -16,6 +17,12 @@ def find_head(context):
             return None
         if o.get(HEAD_PROP):
             return o
+        if o.get(ORIGIN_PROP):             # the empty the head, rig and cameras hang from
+            for c in o.children:
+                found = head_of(c) if (c.get(HEAD_PROP) or c.get(RIG_PROP)) else None
+                if found is not None:
+                    return found
+            return None
         if o.get(RIG_PROP):
             for c in o.children:
                 if c.get(HEAD_PROP):

@@ -13,12 +13,10 @@ Steps that are not possible yet are drawn disabled with a hint saying why.
 
 from __future__ import annotations
 
-import os
-
 import bpy
 
 from .. import dependencies, preferences, runner
-from ..widgets import draw_job_status, hint as _hint
+from ..widgets import draw_job_status, draw_path, hint as _hint
 from ..scene.lookup import camera_of, cameras_of, find_head, rig_of
 
 CATEGORY = "FaceForge"
@@ -77,7 +75,7 @@ class FACEFORGE_PT_model(_Step, bpy.types.Panel):
         if settings.model_source == "CUSTOM":
             path = preferences.model_path(context)
             if path:
-                layout.label(text=os.path.basename(path), icon="FILE")
+                draw_path(layout, path, icon="FILE")
                 if prefs is not None:
                     preferences.draw_model_summary(layout, prefs)
                 layout.operator("faceforge.validate_model", icon="CHECKMARK")
@@ -87,7 +85,7 @@ class FACEFORGE_PT_model(_Step, bpy.types.Panel):
             op = layout.operator("preferences.addon_show", text="Set Model File…", icon="PREFERENCES")
             op.module = preferences.ADDON_ID
         else:
-            layout.label(text=EMBEDDED_SUMMARY.get(settings.model_source, "ready to use"), icon="CHECKMARK")
+            _hint(layout, EMBEDDED_SUMMARY.get(settings.model_source, "ready to use"), icon="CHECKMARK")
         if prefs is not None:
             layout.prop(prefs, "device")
 
@@ -172,7 +170,7 @@ class FACEFORGE_PT_reconstruct(_Step, bpy.types.Panel):
         head = find_head(context)
         row = layout.row()
         row.enabled = head is not None and camera_of(head) is not None
-        row.operator("faceforge.view_photo_camera", icon="VIEW_CAMERA")
+        row.operator("faceforge.view_photo_camera", text="View Photo Camera", icon="VIEW_CAMERA")  # fits the sidebar
         cams = cameras_of(head) if head is not None else []
         if len(cams) > 1:   # one camera per photo: switch the scene camera among them
             box = layout.box()
@@ -229,12 +227,13 @@ class FACEFORGE_PT_stylize(_Step, bpy.types.Panel):
         layout = self.layout
         col = layout.column()
         col.enabled = False
-        col.label(text="Text-guided stylization: coming", icon="OUTLINER_OB_FONT")
+        _hint(col, "Text-guided stylization: coming", icon="OUTLINER_OB_FONT")
         prefs = preferences.get_prefs(context)
         if prefs is not None and prefs.clip_checkpoint:
-            layout.label(text=f"CLIP: {os.path.basename(prefs.clip_checkpoint)}", icon="CHECKMARK")
+            layout.label(text="CLIP checkpoint:", icon="CHECKMARK")
+            draw_path(layout, prefs.clip_checkpoint, icon="BLANK1")
         else:
-            layout.label(text="It will use the CLIP checkpoint set in the preferences", icon="INFO")
+            _hint(layout, "It will use the CLIP checkpoint set in the preferences")
 
 
 class FACEFORGE_PT_export(_Step, bpy.types.Panel):
