@@ -17,6 +17,10 @@ class NoFaceError(FaceForgeError):
     """The face detector found no face."""
 
 
+class FaceTurnedError(NoFaceError):
+    """A face was found but it is turned too far from the camera (nearly a profile) to be fitted."""
+
+
 class ModelFileError(InputError):
     """A morphable-model file is missing, malformed, unsafe, or of the wrong kind."""
 

@@ -190,7 +190,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     assert not marker.exists()
 
 
-def test_several_faces_picks_the_largest_with_a_warning():
+def test_several_faces_are_numbered_from_the_left_with_a_warning():
     import importlib.util
     from pathlib import Path
 
@@ -205,8 +205,9 @@ def test_several_faces_picks_the_largest_with_a_warning():
     canvas[:, : img.shape[1]] = img
     canvas[: small.shape[0], img.shape[1]:] = small
     det = detect_landmarks(canvas)
-    assert det.n_faces == 2 and "largest" in det.warnings[0]
-    assert det.bbox[2] < img.shape[1]          # the big (left) face was chosen
+    assert det.n_faces == 2 and "2 faces" in det.warnings[0] and f"face {det.face_index}" in det.warnings[0]
+    assert detect_landmarks(canvas, face=0).bbox[2] < img.shape[1]        # face 0: the left (big) one
+    assert detect_landmarks(canvas, face=1).bbox[0] > img.shape[1]
 
 
 @pytest.mark.gpu

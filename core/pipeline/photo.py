@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import __version__
 from ..detect import detect_landmarks, load_image
+from ..detect.reliability import WARN_YAW_DEG, check_fit
 from ..device import resolve_device
 from ..fit import FitConfig, PhotoFit, PhotoFitter
 from ..jobs import ensure_progress
@@ -31,11 +32,17 @@ class PhotoReconstruction:
     timings: dict = field(default_factory=dict)
     texture: Optional[np.ndarray] = None   # (S, tiles*S, 3) uint8 albedo in the model's own UVs, if it has any
     bake: Optional[object] = None          # core.texture.BakeResult
+    face_index: int = 0                    # which face was fitted, counted from the left (0-based)
+    face_boxes: list = field(default_factory=list)   # (x0, y0, x1, y1) of every face found, left to right
 
 
 def reconstruct_photo(image_path, model=None, device="auto", progress=None,
-                      config: Optional[FitConfig] = None, texture_size: int = 1024) -> PhotoReconstruction:
+                      config: Optional[FitConfig] = None, texture_size: int = 1024,
+                      face: Optional[int] = None) -> PhotoReconstruction:
     """Photo file -> fitted model -> HeadRig. Raises FaceForgeError subclasses on bad input.
+
+    ``face`` picks one of several faces: 0-based, counted from the left (by default the most
+    confident plausible one; the warnings say how many there were and which was used).
 
     When the model has its own UVs (the default full head) the photo is also baked into a skin
     texture in that layout (``texture_size`` pixels high; 0 skips it); the unseen side is filled
@@ -48,10 +55,15 @@ def reconstruct_photo(image_path, model=None, device="auto", progress=None,
     progress.update("loading model", 0.03)
     mm = load_model(model)
     progress.update("detecting face", 0.08)
-    det = detect_landmarks(image, source=Path(image_path).name)
+    det = detect_landmarks(image, source=Path(image_path).name, face=face)
     t1 = time.perf_counter()
     fitter = PhotoFitter(mm.layer(dev), config)
     fit = fitter.fit(image, det, progress=progress.sub(0.12, 0.97))
+    # the fit's own evidence: a pose past the landmarks' range, or landmarks the model cannot follow
+    late = check_fit(fit.params["rotation"], fit.landmark_error_rel, Path(image_path).name,
+                     pose_warned=det.yaw_deg is not None and det.yaw_deg >= WARN_YAW_DEG)
+    if late:
+        fit.warnings.append(late)
     rig = head_rig_from_fit(mm, fit, name=Path(image_path).stem, image_path=str(Path(image_path).resolve()))
     bake = None
     t2 = time.perf_counter()
@@ -63,7 +75,8 @@ def reconstruct_photo(image_path, model=None, device="auto", progress=None,
                                warnings=list(fit.warnings),
                                timings={"detect_s": t1 - t0, **fit.timings, "texture_s": time.perf_counter() - t2,
                                         "total_s": time.perf_counter() - t0},
-                               texture=None if bake is None else bake.texture, bake=bake)
+                               texture=None if bake is None else bake.texture, bake=bake,
+                               face_index=det.face_index, face_boxes=list(det.face_boxes))
 
 
 def fill_albedo(model: MorphableModel, fitted: np.ndarray) -> np.ndarray:
@@ -127,15 +140,19 @@ def fit_params_json(rec: PhotoReconstruction) -> dict:
         "photometric_error": None if fit.photometric_error is None else round(fit.photometric_error, 5),
         "timings_s": {k: round(v, 3) for k, v in rec.timings.items()},
         "warnings": rec.warnings,
+        "face": {"index": rec.face_index, "count": len(rec.face_boxes), "order": "left to right, from 0",
+                 "boxes": [[round(float(v), 1) for v in b] for b in rec.face_boxes]},
         "conventions": "model space: metres, y up, +z out of the face; camera: OpenCV (x right, y down, z forward); "
                        "rotation/translation map model to camera",
     }
 
 
 def save_outputs(rec: PhotoReconstruction, out_dir) -> dict:
-    """params.json and overlay.png for a reconstruction. Never overwrites anything but these two."""
+    """params.json and overlay.png for a reconstruction, and faces.png (every face found, numbered
+    for ``face=N``) when the photo has several. Never overwrites anything but these."""
     import cv2
 
+    from ..detect.faces import draw_face_numbers
     from ..fit.overlay import draw_overlay
 
     out = Path(out_dir)
@@ -145,4 +162,10 @@ def save_outputs(rec: PhotoReconstruction, out_dir) -> dict:
     overlay = draw_overlay(rec.image, rec.fit, rec.model.faces)
     overlay_path = out / "overlay.png"
     cv2.imwrite(str(overlay_path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-    return {"params": str(params_path), "overlay": str(overlay_path)}
+    paths = {"params": str(params_path), "overlay": str(overlay_path)}
+    if len(rec.face_boxes) > 1:
+        faces_path = out / "faces.png"
+        numbered = draw_face_numbers(rec.image, rec.face_boxes, rec.face_index)
+        cv2.imwrite(str(faces_path), cv2.cvtColor(numbered, cv2.COLOR_RGB2BGR))
+        paths["faces"] = str(faces_path)
+    return paths
