@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "FaceForge .npz model file")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
     r.add_argument("--report-dir", metavar="DIR", help="also write params.json and overlay.png here")
+    r.add_argument("--face", type=int, default=None, metavar="N",
+                   help="which face of a photo with several: 0-based, counted from the left (default: the most "
+                        "confident)")
     p = sub.add_parser("reconstruct-photos", help="fit one textured head to several photos of one person",
                        description="Fit one head to several photos of the same person (files or a folder): shared "
                                    "identity, a skin texture baked from all photos, a camera per photo.")
@@ -227,15 +230,18 @@ def reconstruct(args, parser) -> int:
     import bpy
     photo = os.path.abspath(args.photo)
     _check_outputs(parser, args, extra=(args.report_dir,))
+    if args.face is not None and args.face < 0:
+        parser.error(f"--face counts faces from 0 (the leftmost), got {args.face}")
     register_addon()
     _clear_startup_scene(bpy)
     print(f"FaceForge: reconstructing {photo} (model {args.model}, device {args.device})", flush=True)
     report_dir = os.path.abspath(args.report_dir) if args.report_dir else ""
     # EXEC: the job runs inline (synchronously) and prints progress lines
     if not _run_operator(bpy, lambda: bpy.ops.faceforge.reconstruct_photo(
-            filepath=photo, model=_model_arg(args.model), device=args.device.upper(), output_dir=report_dir)):
+            filepath=photo, model=_model_arg(args.model), device=args.device.upper(), output_dir=report_dir,
+            face_index=-1 if args.face is None else args.face)):
         return EXIT_ERROR
-    extra = [os.path.join(report_dir, n) for n in ("params.json", "overlay.png")] if report_dir else []
+    extra = [os.path.join(report_dir, n) for n in ("params.json", "overlay.png", "faces.png")] if report_dir else []
     return _write_outputs(bpy, args, extra)
 
 

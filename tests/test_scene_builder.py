@@ -313,7 +313,7 @@ def test_failure_mid_build_leaves_data_unchanged(empty_scene, tmp_path, monkeypa
 
 # ----------------------------------------------------------------------------- operators with a stand-in pipeline
 def _fake_pipeline(rig, save_fails=False, calls=None):
-    def reconstruct_photo(path, model="builtin", device="auto", progress=None):
+    def reconstruct_photo(path, model="builtin", device="auto", progress=None, face=None):
         calls.append((path, model, device))
         for i in range(5):
             progress.update("fitting", i / 4)

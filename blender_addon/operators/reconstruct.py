@@ -9,7 +9,7 @@ import json
 import os
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from .. import dependencies, preferences
 from ..properties import EMBEDDED_MODEL_NAMES, MODEL_NAMES
@@ -102,8 +102,12 @@ class FACEFORGE_OT_reconstruct_photo(BrowseFirst, EngineOptions, JobOperator, bp
     filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     filter_glob: StringProperty(default=IMAGE_GLOB, options={"HIDDEN", "SKIP_SAVE"})
     output_dir: StringProperty(name="Report Folder",
-                               description="When set, also write params.json and overlay.png into this folder",
+                               description="When set, also write params.json and overlay.png into this folder "
+                                           "(and faces.png, the faces numbered, when the photo has several)",
                                subtype="DIR_PATH", default="")
+    face_index: IntProperty(name="Face", description="Which face of a photo with several, counted from the left "
+                                                     "starting at 0; -1 takes the most confident one",
+                            min=-1, default=-1, options={"SKIP_SAVE"})
 
     def prepare(self, context):
         path = bpy.path.abspath(self.filepath) if self.filepath else ""
@@ -112,12 +116,14 @@ class FACEFORGE_OT_reconstruct_photo(BrowseFirst, EngineOptions, JobOperator, bp
         if not os.path.isfile(path):
             raise core.errors.ImageReadError(f"The photo '{path}' does not exist or is not a file.")
         model, device = self.model_spec(context), self.device_name(context)
+        face = None if self.face_index < 0 else self.face_index
         self._photo = path
 
         def work(progress):   # worker thread: engine only, no bpy
             progress.update("loading the engine", 0.0)
             pipeline = load_pipeline()
-            return pipeline, pipeline.reconstruct_photo(path, model=model, device=device, progress=progress)
+            return pipeline, pipeline.reconstruct_photo(path, model=model, device=device, progress=progress,
+                                                        face=face)
 
         return work
 
@@ -149,7 +155,11 @@ class FACEFORGE_OT_reconstruct_photo(BrowseFirst, EngineOptions, JobOperator, bp
             outputs = pipeline.save_outputs(rec, out_dir) or {}
         for w in warnings:
             self.report({"WARNING"}, w)
-        context.scene.faceforge.photo_path = self.filepath
+        settings = context.scene.faceforge
+        settings.photo_path = self.filepath           # (resets the face choice: set it after)
+        settings.faces_found = len(getattr(rec, "face_boxes", None) or ())
+        if settings.faces_found > 1:                  # the panel's Face field shows the face used
+            settings.face_index = rec.face_index
         keys = head.data.shape_keys
         msg = (f"Built '{head.name}': {len(head.data.vertices)} vertices, "
                f"{max(0, len(keys.key_blocks) - 1) if keys else 0} expression keys{where}")

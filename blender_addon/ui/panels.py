@@ -101,6 +101,10 @@ class FACEFORGE_PT_input(_Step, bpy.types.Panel):
         layout = self.layout
         settings = context.scene.faceforge
         layout.prop(settings, "photo_path", text="Photo")
+        if settings.faces_found > 1:      # the last reconstruction saw several faces: which one to fit
+            row = layout.row(align=True)
+            row.prop(settings, "face_index", text="Face")
+            row.label(text=f"of {settings.faces_found}, 0 = leftmost")
         layout.prop(settings, "photos_dir", text="Photos")
         if settings.photos_dir:
             layout.prop(settings, "texture_size", text="Texture")
@@ -142,6 +146,7 @@ class FACEFORGE_PT_reconstruct(_Step, bpy.types.Panel):
         row.enabled = bool(settings.photo_path)
         op = row.operator("faceforge.reconstruct_photo", icon="USER")
         op.filepath = settings.photo_path
+        op.face_index = settings.face_index
         if not settings.photo_path:
             hints.append("Choose a photo in 2. Input")
 
