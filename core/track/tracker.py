@@ -138,7 +138,8 @@ def track_video(video, model=None, device="auto", progress=None, config: Optiona
     if valid.sum() < 2:
         raise NoFaceError(f"A face was found in only one frame of {name}; tracking needs more.")
     if multi:
-        warnings.append(f"Several faces were seen in {multi} frames; the largest was tracked.")
+        warnings.append(f"Several faces were seen in {multi} frames; the most confident plausible one was tracked "
+                        "(the face found when tracking started or was last lost).")
     t_detect = time.perf_counter()
 
     fitter = BatchLandmarkFitter(mm, dev, cfg.priors)
