@@ -210,7 +210,7 @@ def test_scene_building_failure_rolls_back(scene):
 
 # ----------------------------------------------------------------------------- synchronous / background
 def _fake_pipeline(rig_factory):
-    def reconstruct_photo(path, model="builtin", device="auto", progress=None):
+    def reconstruct_photo(path, model="builtin", device="auto", progress=None, face=None):
         for i in range(5):
             progress.update("fitting", i / 4)
         return types.SimpleNamespace(rig=rig_factory(), model=types.SimpleNamespace(name="fake"), warnings=[],
