@@ -166,7 +166,8 @@ def test_profile_is_refused_and_a_20_degree_view_passes(default_head):
 
 def test_pose_check_combines_facemesh_eyes_and_keypoints():
     """FaceMesh's own yaw decides below 45 degrees; past it (or with a narrow far eye) the keypoints'
-    yaw counts too, and from 80 no result is returned, however frontal FaceMesh made the points."""
+    yaw counts too (averaged with FaceMesh's: alone it scatters); a profile FaceMesh cannot place points
+    on is refused by the search itself (test_profile_is_refused_and_a_20_degree_view_passes)."""
     from core.detect.reliability import LayoutFit, check_pose
 
     def keypoints(yaw_deg):          # eyes 10 px apart, the nose tip shifted as a head turned yaw_deg
@@ -178,8 +179,10 @@ def test_pose_check_combines_facemesh_eyes_and_keypoints():
     saturated = LayoutFit(yaw_deg=-54, pitch_deg=0, roll_deg=0, residual=0.12, eye_ratio=0.35)
     warned = check_pose(saturated, keypoints(65), "p.jpg")
     assert not warned.refuse and "at least ~54 degrees toward the image's left" in warned.warning
-    refused = check_pose(saturated, keypoints(84), "p.jpg")
-    assert refused.refuse and round(refused.yaw_deg) == 84 and "profile" in refused.warning
+    # a saturated FaceMesh with keypoints reading 84 degrees is what a Blender render of a head turned
+    # 52 degrees gave (the keypoints' yaw scatters with the nose's depth): warned, not refused
+    doubtful = check_pose(saturated, keypoints(84), "p.jpg")
+    assert not doubtful.refuse and doubtful.warning is not None and 60 < doubtful.yaw_deg < 75
     narrow_eye = LayoutFit(yaw_deg=38, pitch_deg=0, roll_deg=0, residual=0.1, eye_ratio=0.3)
     assert check_pose(narrow_eye, keypoints(50)).warning is not None
 

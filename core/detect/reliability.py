@@ -141,7 +141,11 @@ def check_pose(layout: LayoutFit, keypoints=None, source: str = "the photo") -> 
     yaw = abs(layout.yaw_deg)
     saturated = yaw >= WARN_YAW_DEG or layout.eye_ratio < NARROW_EYE_RATIO
     if saturated and keypoints is not None:
-        yaw = max(yaw, keypoint_yaw_deg(keypoints))
+        # past where FaceMesh saturates the keypoints' yaw counts, but it scatters widely: on Blender
+        # renders of 8 people at 47-53 degrees it read 44-83 (the nose's depth varies from person to
+        # person), so it is averaged with FaceMesh's rather than trusted alone; a real profile is
+        # refused when FaceMesh places no points at all (faces.py) or both agree it is one
+        yaw = max(yaw, 0.5 * (yaw + keypoint_yaw_deg(keypoints)))
     if yaw >= REFUSE_YAW_DEG:
         return PoseCheck(yaw, f"The face in {source} is turned about {yaw:.0f} degrees (nearly a profile): the "
                               f"landmark detector is reliable only to ~{WARN_YAW_DEG:.0f} degrees and would put the "
