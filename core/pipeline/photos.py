@@ -123,11 +123,15 @@ def reconstruct_photos(inputs, model=None, device="auto", progress=None, texture
 
 
 def is_symmetric(model: MorphableModel, tol_m: float = 0.002) -> bool:
-    """Whether the template is left-right symmetric (mirror hole filling is then safe)."""
-    v = model.v_template[:: max(1, model.n_vertices // 2000)]        # a subsample is enough
-    mirrored = v * np.array([-1.0, 1.0, 1.0])
-    d = np.sqrt(((v[:, None] - mirrored[None]) ** 2).sum(-1).min(1))
-    return bool(np.median(d) < tol_m)
+    """Whether the template is left-right symmetric (mirror hole filling is then safe); remembered on
+    the model, since every bake asks."""
+    cache = model.__dict__.setdefault("_symmetric", {})
+    if tol_m not in cache:
+        from scipy.spatial import cKDTree
+        v = model.v_template[:: max(1, model.n_vertices // 2000)]        # a subsample is enough
+        d, _ = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]))
+        cache[tol_m] = bool(np.median(d) < tol_m)
+    return cache[tol_m]
 
 
 def save_texture(rec, path) -> str:
