@@ -66,28 +66,23 @@ def test_solver_recovers_a_known_person_from_exact_landmarks():
     assert torch.allclose(out["R"], R, atol=2e-3)
 
 
-def test_lm_reaches_a_lower_objective_than_lbfgs_and_is_faster():
+def test_lm_reaches_a_lower_landmark_error_than_lbfgs():
     """Same objective, same photo: Levenberg-Marquardt converges; L-BFGS stops short (which is why
-    it is still the default: the early stop regularises - see the README's likeness figures)."""
-    import time
-
+    it is still the default: the early stop regularises - see the README's likeness figures). Speed is
+    measured in benchmarks, not here."""
     import skimage.data
 
     from core.detect import detect_landmarks
     img = skimage.data.astronaut()
     det = detect_landmarks(img)
     model = load_model("ict")
-    errs, times = {}, {}
+    errs = {}
     for solver in ("lbfgs", "lm"):
         fitter = PhotoFitter(model.layer("cpu"), FitConfig(photo_steps=0, landmark_solver=solver))
-        fitter.fit(img, det)
-        t0 = time.perf_counter()
         fit = fitter.fit(img, det)
-        times[solver] = time.perf_counter() - t0
         errs[solver] = fit.landmark_error_px
         assert fit.params["expr"].min() > -0.02 and fit.params["expr"].max() < 1.02
     assert errs["lm"] < errs["lbfgs"]
-    assert times["lm"] < 2 * times["lbfgs"]          # a timing only as a sanity bound (noisy machine)
 
 
 def test_generic_lm_on_a_nonlinear_least_squares():
