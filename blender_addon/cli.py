@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="HEAD.fbx", help="write an FBX rig (mesh, shape keys, armature)")
     r.add_argument("--glb", metavar="HEAD.glb", help="write a binary glTF (morph targets, skin)")
     r.add_argument("--blend", metavar="HEAD.blend", help="save the scene as a .blend file")
+    r.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     r.add_argument("--model", default="ict",
                    help="'ict' (default: the full head), 'facemask' (light face mask) or a FLAME .pkl / "
                         "FaceForge .npz model file")
@@ -114,6 +115,7 @@ def _add_outputs(p, what: str) -> None:
     p.add_argument("--out", metavar="HEAD.fbx", help=f"write an FBX: {what}")
     p.add_argument("--glb", metavar="HEAD.glb", help="write a binary glTF (morph targets, skin, animation if any)")
     p.add_argument("--blend", metavar="HEAD.blend", help="save the scene as a .blend file")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
 
 
 def _add_engine_args(p) -> None:
@@ -179,6 +181,10 @@ def _check_outputs(parser, args, extra=()) -> None:
     _check_ext(parser, args.out, ".fbx", "--out")
     _check_ext(parser, args.glb, ".glb", "--glb")
     _check_ext(parser, args.blend, ".blend", "--blend")
+    if not getattr(args, "overwrite", False):
+        existing = [p for p in (args.out, args.glb, args.blend) if p and os.path.exists(p)]
+        if existing:
+            parser.error(f"{existing[0]} already exists: pass --overwrite to replace it (nothing was written)")
 
 
 def _embedded(model: str) -> bool:
@@ -201,21 +207,35 @@ def _run_operator(bpy, call) -> bool:
     return True
 
 
+def _atomic(path: str, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: a failed or
+    killed export never leaves a half-written file where the user's was."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(os.path.dirname(path), f".{stem}.{os.getpid()}.tmp{ext}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _write_outputs(bpy, args, extra_files=()) -> int:
     written = []
     try:
         if args.out:
             path = os.path.abspath(args.out)
-            bpy.ops.faceforge.export_fbx(filepath=path)
+            _atomic(path, lambda tmp: bpy.ops.faceforge.export_fbx(filepath=tmp))
             written.append(path)
         if args.glb:
             path = os.path.abspath(args.glb)
-            bpy.ops.faceforge.export_gltf(filepath=path)
+            _atomic(path, lambda tmp: bpy.ops.faceforge.export_gltf(filepath=tmp))
             written.append(path)
         if args.blend:
             path = os.path.abspath(args.blend)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            bpy.ops.wm.save_as_mainfile(filepath=path)
+            # copy=True: the session never takes the temporary name as its own file path
+            _atomic(path, lambda tmp: bpy.ops.wm.save_as_mainfile(filepath=tmp, copy=True))
             written.append(path)
     except RuntimeError as e:
         print(f"{PROG}: error: {_op_error(e)}", file=sys.stderr)

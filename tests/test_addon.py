@@ -284,6 +284,24 @@ def test_cli_bad_photo_is_a_clear_error(tmp_path):
     assert not (tmp_path / "head.fbx").exists()
 
 
+def test_cli_never_overwrites_unless_told_and_writes_atomically(tmp_path):
+    """An existing output is refused before any work (exit 2, the file untouched); with --overwrite it
+    is replaced through a temporary file, and no temporary file is left beside it."""
+    import skimage.data
+    import imageio.v3 as iio
+    photo = tmp_path / "astronaut.png"
+    iio.imwrite(photo, skimage.data.astronaut())
+    blend = tmp_path / "head.blend"
+    blend.write_bytes(b"the user's own file")
+    r = cli("reconstruct", photo, "--model", "facemask", "--blend", blend)
+    assert r.returncode == 2 and "already exists" in r.stderr and "--overwrite" in r.stderr
+    assert blend.read_bytes() == b"the user's own file"
+    r = cli("reconstruct", photo, "--model", "facemask", "--blend", blend, "--overwrite", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert blend.read_bytes()[:7] == b"BLENDER"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut.png", "head.blend"]
+
+
 def test_cli_face_option_picks_one_face_of_a_group_photo(tmp_path):
     """--face N reaches the engine (the report names the face fitted and numbers all five in
     faces.png) and the scene remembers how many faces there were, for the panel's Face choice."""

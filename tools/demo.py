@@ -24,7 +24,7 @@ def main() -> int:
     cmd = [sys.executable, str(ROOT / "blender_addon" / "cli.py"), "reconstruct", str(photo),
            "--model", "ict", "--device", "auto",
            "--out", str(out / "head.fbx"), "--glb", str(out / "head.glb"),
-           "--blend", str(out / "head.blend"), "--report-dir", str(out)]
+           "--blend", str(out / "head.blend"), "--report-dir", str(out), "--overwrite"]   # the demo owns out/demo
     code = subprocess.call(cmd)
     if code == 0:
         print(f"\nDemo outputs in {out}:")
