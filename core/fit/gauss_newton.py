@@ -14,38 +14,49 @@ from typing import Callable, Optional
 import torch
 
 
-def levenberg_marquardt(residuals: Callable[[torch.Tensor], torch.Tensor], theta0: torch.Tensor,
-                        iters: int = 15, free: Optional[torch.Tensor] = None, damping: float = 1e-3,
-                        tol: float = 1e-7) -> tuple:
-    """Minimise 0.5 ||residuals(theta)||^2 from ``theta0`` (1-D). ``free`` (bool, like theta) limits
-    the step to some parameters (e.g. the rigid pose first). Returns (theta, final cost, iterations).
+def levenberg_marquardt(residuals: Callable, theta0, iters: int = 15, free: Optional[torch.Tensor] = None,
+                        damping: float = 1e-3, tol: float = 1e-7, jacobian: Optional[Callable] = None,
+                        step: Optional[Callable] = None) -> tuple:
+    """Minimise 0.5 ||residuals(theta)||^2 from ``theta0``. Returns (theta, final cost, iterations).
+
+    By default theta is a 1-D tensor, its Jacobian comes from forward-mode autodiff and a step adds
+    to it. A problem with its own parameterisation passes ``jacobian(theta) -> (n_res, n_params)``
+    and ``step(theta, delta) -> theta`` (e.g. a rotation updated multiplicatively); theta is then
+    whatever those two understand. ``free`` (bool, n_params) limits the step to some parameters.
 
     Damping follows Nielsen's rule: shrink after a step that lowered the cost, grow after one that
     did not (the step is then retried from the same point)."""
-    theta = theta0.detach().clone()
-    idx = torch.arange(len(theta), device=theta.device) if free is None else torch.nonzero(free).flatten()
+    theta = theta0.detach().clone() if torch.is_tensor(theta0) else theta0
+    if step is None:
+        step = lambda th, delta: th + delta                              # noqa: E731
     r = residuals(theta)
     cost = 0.5 * float((r * r).sum())
     lam, nu = damping, 2.0
-
-    def sub_residuals(x):
-        full = theta.index_put((idx,), x)
-        return residuals(full)
-
     it = 0
+    idx = None
     for it in range(1, iters + 1):
-        J = torch.func.jacfwd(sub_residuals)(theta[idx])             # (n_res, n_free)
+        if jacobian is None:
+            n = len(theta)
+            idx = torch.arange(n, device=theta.device) if free is None else torch.nonzero(free).flatten()
+            base = theta
+            J = torch.func.jacfwd(lambda x: residuals(base.index_put((idx,), x)))(theta[idx])   # (n_res, n_free)
+        else:
+            J = jacobian(theta)
+            n = J.shape[1]
+            idx = torch.arange(n, device=J.device) if free is None else torch.nonzero(free).flatten()
+            J = J[:, idx]
         g = J.T @ r
         H = J.T @ J
         diag = torch.diagonal(H).clamp_min(1e-9)
         while True:
-            step = torch.linalg.solve(H + lam * torch.diag(diag), -g)
-            cand = theta.index_put((idx,), theta[idx] + step)
+            delta = torch.linalg.solve(H + lam * torch.diag(diag), -g)
+            full = torch.zeros(n, dtype=delta.dtype, device=delta.device).index_put((idx,), delta)
+            cand = step(theta, full)
             r_new = residuals(cand)
             new_cost = 0.5 * float((r_new * r_new).sum())
             if new_cost < cost:
                 # gain ratio of the actual to the predicted decrease steers the damping
-                predicted = float(-(g @ step) - 0.5 * (step @ (H @ step)))
+                predicted = float(-(g @ delta) - 0.5 * (delta @ (H @ delta)))
                 rho = (cost - new_cost) / max(predicted, 1e-12)
                 lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
                 nu = 2.0

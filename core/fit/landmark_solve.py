@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..models.morphable import axis_angle_to_matrix
+from .gauss_newton import levenberg_marquardt
 
 
 @dataclass
@@ -124,50 +125,28 @@ def solve_landmarks(pb: LandmarkProblem, R0: torch.Tensor, t: torch.Tensor, f0: 
 
     ``t`` is the translation, ``dist0`` the scale the translation step is measured in (the initial
     distance), so every parameter is O(1) for the damping."""
-    R, t, c = R0.clone(), t.clone(), c0.clone()
-    log_f = torch.as_tensor(float(log_f0), dtype=c.dtype, device=c.device)
-    r, _ = _residuals_and_jacobian(pb, R, t, log_f, f0, c, dist0, want_jacobian=False)
-    cost = 0.5 * float(r @ r)
-    total = 0
-    K = len(c)
+    log_f = torch.as_tensor(float(log_f0), dtype=c0.dtype, device=c0.device)
+    state = (R0.clone(), t.clone(), log_f, c0.clone())            # (R, t, log f, coefficients)
+
+    def residuals(s):
+        return _residuals_and_jacobian(pb, *s[:3], f0, s[3], dist0, want_jacobian=False)[0]
+
+    def jacobian(s):
+        return _residuals_and_jacobian(pb, *s[:3], f0, s[3], dist0)[1]
+
+    def step(s, d):                                                 # d: rotation, translation, log f, c
+        R, t_, lf, c = s
+        return axis_angle_to_matrix(d[:3][None])[0] @ R, t_ + dist0 * d[3:6], lf + d[6], c + d[7:]
+
+    K = len(c0)
+    total, cost = 0, 0.0
     for stage_iters, free_coeffs in ((rigid_iters, False), (iters, True)):
-        free = torch.zeros(7 + K, dtype=torch.bool, device=c.device)
+        free = torch.zeros(7 + K, dtype=torch.bool, device=c0.device)
         free[:6] = True
         free[6] = fit_focal
         free[7:] = free_coeffs
-        idx = torch.nonzero(free).flatten()
-        lam, nu = 1e-3, 2.0
-        for _ in range(stage_iters):
-            total += 1
-            r, J = _residuals_and_jacobian(pb, R, t, log_f, f0, c, dist0)
-            J = J[:, idx]
-            g = J.T @ r
-            H = J.T @ J
-            diag = torch.diagonal(H).clamp_min(1e-9)
-            improved = False
-            while lam < 1e10:
-                step = torch.linalg.solve(H + lam * torch.diag(diag), -g)
-                full = torch.zeros(7 + K, dtype=c.dtype, device=c.device)
-                full[idx] = step
-                R_n = axis_angle_to_matrix(full[:3][None])[0] @ R
-                t_n = t + dist0 * full[3:6]
-                lf_n = log_f + full[6]
-                c_n = c + full[7:]
-                r_n, _ = _residuals_and_jacobian(pb, R_n, t_n, lf_n, f0, c_n, dist0, want_jacobian=False)
-                new_cost = 0.5 * float(r_n @ r_n)
-                if new_cost < cost:
-                    predicted = float(-(g @ step) - 0.5 * (step @ (H @ step)))
-                    rho = (cost - new_cost) / max(predicted, 1e-12)
-                    lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-                    nu = 2.0
-                    improved = True
-                    break
-                lam *= nu
-                nu *= 2.0
-            if not improved:
-                break
-            converged = (cost - new_cost) <= tol * max(cost, 1e-12)
-            R, t, log_f, c, cost = R_n, t_n, lf_n, c_n, new_cost
-            if converged:
-                break
+        state, cost, n = levenberg_marquardt(residuals, state, stage_iters, free, tol=tol, jacobian=jacobian,
+                                             step=step)
+        total += n
+    R, t, log_f, c = state
     return {"R": R, "t": t, "log_f": log_f, "c": c, "cost": cost, "iterations": total}
