@@ -189,7 +189,8 @@ def _check_outputs(parser, args, extra=()) -> None:
 
 def _embedded(model: str) -> bool:
     """An embedded model's name ('ict', the default full head; 'facemask'/'builtin'), not a file."""
-    return model.strip().lower() in ("", "default", "ict", "ict_facekit", "facemask", "builtin")
+    properties = importlib.import_module(addon_package().__name__ + ".properties")
+    return model.strip().lower() in properties.EMBEDDED_MODEL_NAMES
 
 
 def _model_arg(model: str) -> str:

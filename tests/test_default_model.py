@@ -236,3 +236,10 @@ def test_blender_head_exports_every_part_and_key(tmp_path):
     assert len(gl["images"]) >= 1
     report = validate_gltf(glb)
     assert report["issues"]["numErrors"] == 0, report["issues"]["messages"][:5]
+
+
+def test_the_add_on_knows_the_engines_embedded_model_names():
+    """The Blender side keeps its own copy of the names (reading them must not import torch)."""
+    from blender_addon.properties import EMBEDDED_MODEL_NAMES
+    from core.models.builtin import ALIASES
+    assert set(EMBEDDED_MODEL_NAMES) == set(ALIASES)
