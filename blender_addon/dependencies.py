@@ -39,7 +39,7 @@ REQUIRED = (
 )
 OPTIONAL = (
     Requirement("torchvision", "torchvision==0.29.1", "image models used by Stylize"),
-    Requirement("open_clip", "open-clip-torch", "CLIP text guidance for Stylize"),
+    Requirement("open_clip", "open-clip-torch", "CLIP image losses for Learn Style"),
 )
 
 # Wheels `build_addon.py --bundle-wheels` puts inside the 4.2+ extension (Blender installs them with it):

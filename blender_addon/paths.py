@@ -7,7 +7,7 @@ import tempfile
 
 import bpy
 
-MULTI_SUFFIXES = (".fftrack.npz",)   # kept whole when a number is added
+MULTI_SUFFIXES = (".fftrack.npz", ".ffstyle.pt")   # kept whole when a number is added
 
 
 def split_name(path: str) -> tuple:

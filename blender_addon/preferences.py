@@ -34,7 +34,9 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
 
     clip_checkpoint: StringProperty(
         name="CLIP Checkpoint",
-        description="Optional open_clip checkpoint (.pt / .safetensors) used by text-guided stylization",
+        description=("Optional open_clip image-text model weights (.pt / .bin / .safetensors; ViT-B-32 unless an "
+                     "open_clip config JSON lies beside it) for Learn Style's CLIP terms. Without one, styles "
+                     "are learned with the geometric losses only"),
         subtype="FILE_PATH",
         default="",
     )
@@ -46,7 +48,7 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
     )
     install_optional: BoolProperty(
         name="Include Stylize Packages",
-        description="Also install torchvision and open_clip (text-guided stylization)",
+        description="Also install torchvision and open_clip (the CLIP terms of Learn Style)",
         default=False,
     )
 

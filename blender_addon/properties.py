@@ -98,6 +98,17 @@ class FaceForgeSceneSettings(bpy.types.PropertyGroup):
         subtype="FILE_PATH",
         default="",
     )
+    style_path: StringProperty(
+        name="Style",
+        description="A style learned with Learn Style (.ffstyle.pt): what Apply Style puts on a head",
+        subtype="FILE_PATH",
+        default="",
+    )
+    style_iterations: IntProperty(
+        name="Iterations",
+        description="Fine-tuning steps when learning a style (LeGO uses about 100)",
+        min=1, max=5000, default=100,
+    )
 
 
 def register_props():

@@ -5,13 +5,15 @@
     2. Input    a photo, a folder of photos (+ texture size), a video (+ frame range, refinement, track file)
     3. Reconstruct  from Photo / from Photos / Track Video / Import Track; the head's photo cameras
     4. Rig      what the head has: expression shape keys (editable; Import ARKit Recording), armature
-    5. Stylize  coming; shows whether the CLIP checkpoint is set
+    5. Stylize  Fit Codes to Mesh; Learn Style from a (neutral, sculpt) pair; Apply Style to any head
     6. Export   FBX rig / glTF
 
 Steps that are not possible yet are drawn disabled with a hint saying why.
 """
 
 from __future__ import annotations
+
+import os
 
 import bpy
 
@@ -230,15 +232,35 @@ class FACEFORGE_PT_stylize(_Step, bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        col = layout.column()
-        col.enabled = False
-        _hint(col, "Text-guided stylization: coming", icon="OUTLINER_OB_FONT")
-        prefs = preferences.get_prefs(context)
-        if prefs is not None and prefs.clip_checkpoint:
-            layout.label(text="CLIP checkpoint:", icon="CHECKMARK")
-            draw_path(layout, prefs.clip_checkpoint, icon="BLANK1")
+        settings = context.scene.faceforge
+        # Fit Codes to Mesh: any head mesh (another topology too) -> the nearest head of the model
+        if hasattr(bpy.types, "FACEFORGE_OT_fit_codes_to_mesh"):
+            layout.operator("faceforge.fit_codes_to_mesh", icon="MOD_MESHDEFORM")
+        box = layout.box()
+        box.label(text="Learn a Style from One Sculpt", icon="SCULPTMODE_HLT")
+        active = context.view_layer.objects.active
+        others = [o for o in context.selected_objects if o != active]
+        if active is not None and len(others) == 1:
+            box.label(text=f"Neutral: {others[0].name}", icon="OBJECT_DATA")
+            box.label(text=f"Sculpt: {active.name} (active)", icon="SCULPTMODE_HLT")
         else:
-            _hint(layout, "It will use the CLIP checkpoint set in the preferences")
+            _hint(box, "Select the neutral head, then Shift-click its stylized copy")
+        box.prop(settings, "style_iterations")
+        box.operator("faceforge.learn_style", icon="BRUSH_DATA")
+        prefs = preferences.get_prefs(context)
+        clip = prefs.clip_checkpoint if prefs is not None else ""
+        if clip and os.path.isfile(bpy.path.abspath(clip)):
+            box.label(text="CLIP terms on:", icon="CHECKMARK")
+            draw_path(box, clip, icon="BLANK1")
+        else:
+            _hint(box, "CLIP terms off: no CLIP checkpoint in the preferences (geometric losses only)",
+                  icon="INFO")
+        box = layout.box()
+        box.label(text="Apply a Style", icon="SHADERFX")
+        box.prop(settings, "style_path", text="")
+        col = box.column()
+        col.enabled = bool(settings.style_path)
+        col.operator("faceforge.apply_style", icon="DUPLICATE")
 
 
 class FACEFORGE_PT_export(_Step, bpy.types.Panel):

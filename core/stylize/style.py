@@ -322,33 +322,46 @@ def stylized_head(asset: StyleAsset, model: MorphableModel, shape: np.ndarray, k
     return neutral.cpu().numpy(), torch.cat(deltas).cpu().numpy() if deltas else np.zeros((0,) + neutral.shape, np.float32)
 
 
+def key_codes_for(model: MorphableModel, key_names) -> np.ndarray:
+    """(K', Ke) expression code of each named shape key (model components and ARKit's combined keys)."""
+    names, mix = shape_key_layout(model.expr_names)
+    index = {n: i for i, n in enumerate(names)}
+    missing = [str(n) for n in key_names if n not in index]
+    if missing:
+        raise TopologyError(f"The head has shape keys the model {model.name!r} does not have "
+                            f"({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); a style applies to "
+                            f"FaceForge heads of its model.")
+    if len(key_names) == 0:
+        return np.zeros((0, model.n_expr), np.float32)
+    return np.stack([mix[index[n]] for n in key_names]).astype(np.float32)
+
+
+def stylize_head(asset: StyleAsset, model: MorphableModel, neutral: np.ndarray, key_names) -> tuple:
+    """For a head of the model (its neutral vertices and shape-key names): the stylized neutral
+    (V, 3), the stylized delta of each key (K', V, 3) and the identity code it was read as."""
+    verts = check_topology(model, neutral, "The head")
+    shape, _ = solve_codes(model, verts)
+    new_neutral, deltas = stylized_head(asset, model, shape, key_codes_for(model, key_names))
+    return new_neutral, deltas, shape
+
+
 def stylize_rig(asset: StyleAsset, model: MorphableModel, rig, name: Optional[str] = None):
     """A HeadRig of the stylized character for any FaceForge head rig of the model (photo, photos or
     tracked): same shape-key names, values, bones and animation; stylized neutral and keys."""
     import copy
 
-    from ..models.arkit import shape_key_layout as layout
-    verts = check_topology(model, rig.vertices, f"The head {rig.name!r}")
-    shape, _ = solve_codes(model, verts)
-    names, mix = layout(model.expr_names)
-    index = {n: i for i, n in enumerate(names)}
-    missing = [n for n in rig.shape_key_names if n not in index]
-    if missing:
-        raise TopologyError(f"The head has shape keys the model does not know ({', '.join(missing[:3])}...).")
-    codes = np.stack([mix[index[n]] for n in rig.shape_key_names]) if rig.shape_key_names else np.zeros((0, model.n_expr))
-    neutral, deltas = stylized_head(asset, model, shape, codes)
+    neutral, deltas, _ = stylize_head(asset, model, rig.vertices, rig.shape_key_names)
     out = copy.copy(rig)
     out.name = name or f"{rig.name}_{asset.name}"
     out.vertices = neutral.astype(np.float32)
     out.shape_key_deltas = deltas.astype(np.float32)
-    if rig.bones is not None and model.joints is not None:
+    if rig.bones is not None:
         bones = copy.copy(rig.bones)
-        bones.heads = (model.joints.regressor @ neutral).astype(np.float32)
-        out.bones = bones
-    elif rig.bones is not None:
-        # a root bone at the head's centre: follow the stylized head's centre
-        bones = copy.copy(rig.bones)
-        bones.heads = np.asarray(rig.bones.heads) + (neutral.mean(0) - verts.mean(0)).astype(np.float32)
+        if model.joints is not None:
+            bones.heads = (model.joints.regressor @ neutral).astype(np.float32)
+        else:   # one root bone at the head's centre: it follows the stylized head's centre
+            bones.heads = (np.asarray(rig.bones.heads) + (neutral.mean(0) - np.asarray(rig.vertices).mean(0))
+                           ).astype(np.float32)
         out.bones = bones
     out.metadata = dict(rig.metadata, style=asset.name)
     return out
