@@ -104,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--fps", type=float, default=0.0, help="the recording's frame rate (default: from its timecodes)")
     a.add_argument("--no-head-rotation", action="store_true", help="key the shape keys only")
     _add_engine_args(a)
+    st = sub.add_parser("apply-style", help="put a learned style (.ffstyle.pt) on a FaceForge head and export it",
+                        description="Open a .blend holding a FaceForge head (its active or first head), add the "
+                                    "stylized copy (stylized shape keys, same rig and animation) and export it.")
+    st.add_argument("head", metavar="HEAD.blend", help="a .blend file with a FaceForge head")
+    st.add_argument("style", metavar="STYLE.ffstyle.pt", help="a style from Learn Style")
+    _add_outputs(st, "the stylized rig")
+    st.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
+    d = sub.add_parser("train-deformer", help="train the surface deformer a model needs for styles (once per model)",
+                       description="Pretrain the surface deformation network DS for a model (the default model's "
+                                   "ships with FaceForge) and cache it where Learn Style finds it.")
+    d.add_argument("--model", required=True, help="'facemask' or a FLAME .pkl / FaceForge .npz model file")
+    d.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    d.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
+    d.add_argument("--out", metavar="FILE.pt", help="also write the network here (default: only the cache)")
     m = sub.add_parser("model-info", help="load a model file and print its size (what the Validate button does)",
                        description="Load a FLAME .pkl or FaceForge .npz model (finding its landmarks) and print "
                                    "its vertices, identity / expression sizes and joints.")
@@ -352,6 +366,54 @@ def import_arkit(args, parser) -> int:
     return _write_outputs(bpy, args)
 
 
+def apply_style(args, parser) -> int:
+    import bpy
+    _check_outputs(parser, args)
+    head, style = os.path.abspath(args.head), os.path.abspath(args.style)
+    if not head.lower().endswith(".blend") or not os.path.isfile(head):
+        print(f"{PROG}: error: '{head}' is not an existing .blend file.", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        bpy.ops.wm.open_mainfile(filepath=head)
+    except RuntimeError as e:
+        print(f"{PROG}: error: cannot open '{head}': {_op_error(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    register_addon()
+    prefs = importlib.import_module(addon_package().__name__ + ".preferences").get_prefs()
+    if prefs is not None:
+        prefs.device = args.device.upper()
+    if not _run_operator(bpy, lambda: bpy.ops.faceforge.apply_style(filepath=style)):
+        return EXIT_ERROR
+    return _write_outputs(bpy, args)
+
+
+def train_deformer(args) -> int:
+    import json
+    engine = importlib.import_module(f"{addon_package().__name__}.engine")
+    engine.block_triton()
+    core = engine.core
+    models = importlib.import_module(f"{core.__name__}.models")
+    deformer = importlib.import_module(f"{core.__name__}.stylize.deformer")
+    jobs = importlib.import_module(f"{core.__name__}.jobs")
+    device = importlib.import_module(f"{core.__name__}.device").resolve_device(args.device)
+    spec = args.model if _embedded(args.model) else os.path.abspath(args.model)
+    try:
+        model = models.load_model(spec)
+        progress = jobs.Progress(lambda stage, f: print(f"\r{stage}   ", end="", flush=True))
+        net, info = deformer.train_surface_deformer(model, steps=args.steps, device=device, progress=progress)
+        print()
+        paths = [deformer.save_deformer(net, deformer.cached_deformer_path(model), model, info)]
+        if args.out:
+            paths.append(deformer.save_deformer(net, os.path.abspath(args.out), model, info))
+    except core.errors.FaceForgeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps({"model": model.name, "steps": info.steps, "device": info.device,
+                      "seconds": round(info.seconds, 1), "held_out_rms_mm": round(info.rms_mm, 3),
+                      "held_out_max_mm": round(info.max_mm, 3), "written": [str(p) for p in paths]}, indent=1))
+    return EXIT_OK
+
+
 def _op_error(e: RuntimeError) -> str:
     """bpy.ops errors read 'Error: <report>' (or 'Operator ... poll() <why>'): keep the message."""
     return str(e).strip().removeprefix("Error: ").strip()
@@ -390,6 +452,10 @@ def main(args=None) -> int:
             return import_arkit(args, parser)
         if args.command == "model-info":
             return model_info(args)
+        if args.command == "apply-style":
+            return apply_style(args, parser)
+        if args.command == "train-deformer":
+            return train_deformer(args)
         parser.error(f"unknown command {args.command}")
     except UsageError:
         return EXIT_USAGE

@@ -49,7 +49,7 @@ class StyleConfig:
     vertex_weight: float = 1.0
     keep_weight: float = 1.0
     normal_weight: float = 0.05
-    transfer_weight: float = 0.5
+    transfer_weight: float = 2.0
     clip_reconstruction_weight: float = 0.2
     clip_direction_weight: float = 0.2
     codes_per_step: int = 3           # random (identity, expression) codes per iteration
