@@ -2,7 +2,7 @@
 
 Bounds stated here are the accuracy contract (figures in benchmarks/bench_stylize.py and the README):
 - the shipped ICT deformer reproduces the model on held-out random codes to <= 0.6 mm RMS;
-- a deformer trained on demand for another model (the face mask) to <= 0.5 mm RMS;
+- a deformer trained on demand for another model (the face mask) to <= 0.1 mm RMS;
 - after fine-tuning on a goblin sculpt (bigger nose, pointed ears) DT reproduces the sculpt to
   <= 1 mm median, the sculpt's displacement pattern appears on other identities (correlation
   >= 0.6) and jawOpen still moves the stylized mouth like the model's (correlation >= 0.95).
@@ -58,7 +58,7 @@ def test_shipped_deformer_reproduces_the_default_model(ict):
 def test_deformer_trained_on_demand_for_another_model_and_cached(mask, mask_deformer, tmp_path, monkeypatch):
     net, info = mask_deformer
     ev = ds_mod.evaluate(net, mask, n_codes=8, seed=3)
-    assert ev["rms_mm"] <= 0.5, ev
+    assert ev["rms_mm"] <= 0.1, ev          # 3K < 128: the factorised start is exact, training keeps it
     # between vertices too: points inside triangles follow the model's barycentric blend
     from faceforge.core.stylize.surface import sample_surface
     pts = sample_surface(mask.v_template, mask.faces, 500, np.random.default_rng(0))

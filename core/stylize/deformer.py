@@ -232,7 +232,10 @@ def train_surface_deformer(model: MorphableModel, steps: int = 2000, device="cpu
     rest = [p for p in net.parameters() if id(p) not in factor_ids]
     groups = [{"params": factor, "lr": lr * 0.1}, {"params": rest, "lr": lr}]
     opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr * 0.1, lr], total_steps=max(steps, 2), pct_start=0.1)
+    if steps >= 20:   # warm up, then anneal; a few steps (tests, timing) just use the base rates
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr * 0.1, lr], total_steps=steps, pct_start=0.1)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     t0 = time.perf_counter()
     K = model.n_shape + model.n_expr
     for step in range(steps):
