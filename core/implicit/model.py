@@ -1,0 +1,133 @@
+"""The per-person implicit head (after MonoNPHM and NeRFace): three small MLPs and per-frame codes.
+
+Spaces: *observed* = the model space of one frame (the tracked head pose undone, so only the
+expression moves points); *canonical* = the person's neutral head. For a frame t:
+
+    x_c, f = x + D(x, e_t, l_t)        backward deformation: expression code e_t (tracked), latent l_t
+    s, h  = G(x_c, f)                   signed distance (metres, negative inside) and a feature
+    rgb   = A(h, n, a_t) * SH_t(n)      albedo from the feature, normal and an appearance code, shaded
+
+D returns extra features f that feed G (MonoNPHM reports they matter: they let geometry that
+the deformation cannot explain, e.g. hair swinging, still depend on the frame).
+
+Positional encoding: Fourier features (cheap on a CPU). A multiresolution hash grid pays off only on
+a GPU with its own kernels; it is not used here (see the README's GPU notes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class Fourier(nn.Module):
+    """x -> [x, sin(2^k pi x), cos(2^k pi x)] for k < n (inputs scaled to about [-1, 1] first)."""
+
+    def __init__(self, n_frequencies: int, centre, scale: float):
+        super().__init__()
+        self.register_buffer("centre", torch.as_tensor(centre, dtype=torch.float32).reshape(1, 3))
+        self.scale = float(scale)
+        self.register_buffer("freq", (2.0 ** torch.arange(n_frequencies).float()) * math.pi)
+        self.out_dim = 3 + 6 * n_frequencies
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = (x - self.centre) / self.scale
+        a = q[..., None] * self.freq
+        return torch.cat([q, a.sin().flatten(-2), a.cos().flatten(-2)], -1)
+
+
+def _mlp(inp: int, hidden: int, layers: int, out: int, act=None) -> nn.Sequential:
+    mods, w = [], inp
+    for _ in range(layers):
+        mods += [nn.Linear(w, hidden), act() if act is not None else nn.Softplus(beta=100)]
+        w = hidden
+    mods.append(nn.Linear(w, out))
+    return nn.Sequential(*mods)
+
+
+@dataclass
+class ImplicitConfig:
+    n_frames: int
+    n_expr: int
+    centre: tuple                 # of the head's box (model space, metres)
+    half_size: float              # half the box's largest side
+    latent_dim: int = 8           # per-frame deformation latent
+    appearance_dim: int = 8       # per-frame appearance code
+    deform_features: int = 8
+    geometry_features: int = 32
+    hidden: int = 128
+    geometry_layers: int = 3
+    deform_layers: int = 2
+    geometry_frequencies: int = 6
+    deform_frequencies: int = 4
+
+
+class ImplicitHead(nn.Module):
+    def __init__(self, cfg: ImplicitConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.pe_deform = Fourier(cfg.deform_frequencies, cfg.centre, cfg.half_size)
+        self.pe_geometry = Fourier(cfg.geometry_frequencies, cfg.centre, cfg.half_size)
+        self.deform = _mlp(self.pe_deform.out_dim + cfg.n_expr + cfg.latent_dim, cfg.hidden, cfg.deform_layers,
+                           3 + cfg.deform_features, act=nn.SiLU)
+        with torch.no_grad():                       # starts as the identity map
+            self.deform[-1].weight.mul_(0.01)
+            self.deform[-1].bias.zero_()
+        self.geometry = _mlp(self.pe_geometry.out_dim + cfg.deform_features, cfg.hidden, cfg.geometry_layers,
+                             1 + cfg.geometry_features)
+        self.appearance = _mlp(cfg.geometry_features + 3 + cfg.appearance_dim, 64, 2, 3, act=nn.SiLU)
+        self.latents = nn.Parameter(torch.zeros(cfg.n_frames, cfg.latent_dim))
+        self.appearance_codes = nn.Parameter(torch.zeros(cfg.n_frames, cfg.appearance_dim))
+        sh = torch.zeros(cfg.n_frames, 9, 3)
+        sh[:, 0] = 1.0 / (math.pi * (1.0 / math.sqrt(4.0 * math.pi)))     # irradiance 1: albedo shows as is
+        self.sh = nn.Parameter(sh)
+        self.log_inv_s = nn.Parameter(torch.tensor(math.log(60.0)))       # NeuS sharpness (learned)
+
+    # -- pieces ---------------------------------------------------------------------------
+    def deformation(self, x: torch.Tensor, expr: torch.Tensor, latent: torch.Tensor):
+        """(N, 3) observed points, (N, Ke) expressions, (N, L) latents -> canonical points, features."""
+        out = self.deform(torch.cat([self.pe_deform(x), expr, latent], -1))
+        return x + 0.05 * out[:, :3], out[:, 3:]
+
+    def sdf(self, xc: torch.Tensor, features: torch.Tensor = None) -> tuple:
+        """Canonical points -> (signed distance (N,), feature (N, C))."""
+        if features is None:
+            features = torch.zeros(xc.shape[0], self.cfg.deform_features, device=xc.device)
+        out = self.geometry(torch.cat([self.pe_geometry(xc), features], -1))
+        return out[:, 0], out[:, 1:]
+
+    def canonical_sdf(self, xc: torch.Tensor) -> torch.Tensor:
+        """The neutral head's SDF (what extraction reads): the deformation features of the canonical frame."""
+        zeros_e = torch.zeros(xc.shape[0], self.cfg.n_expr, device=xc.device)
+        zeros_l = torch.zeros(xc.shape[0], self.cfg.latent_dim, device=xc.device)
+        _, feats = self.deformation(xc, zeros_e, zeros_l)
+        return self.sdf(xc, feats)[0]
+
+    def colour(self, feature: torch.Tensor, normal: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+        from ..render.shading import sh_basis
+        albedo = torch.sigmoid(self.appearance(torch.cat([feature, normal, self.appearance_codes[frame]], -1)))
+        irradiance = torch.einsum("nk,nkc->nc", sh_basis(normal), self.sh[frame])
+        return albedo * irradiance.clamp_min(0.0)
+
+    def albedo(self, feature: torch.Tensor, normal: torch.Tensor, frame: int = 0) -> torch.Tensor:
+        code = self.appearance_codes[frame].expand(feature.shape[0], -1)
+        return torch.sigmoid(self.appearance(torch.cat([feature, normal, code], -1)))
+
+    @property
+    def inv_s(self) -> torch.Tensor:
+        return self.log_inv_s.exp().clamp(1.0, 1e5)
+
+    def observed(self, x: torch.Tensor, frame: torch.Tensor, expr: torch.Tensor, with_normals: bool = True):
+        """Everything a renderer needs at observed points of frames ``frame`` (N,) with codes ``expr`` (N, Ke):
+        ``(sdf, feature, normal (canonical-space gradient, unit), gradient (for the eikonal term))``."""
+        if with_normals:
+            x = x.requires_grad_(True)
+        xc, f = self.deformation(x, expr, self.latents[frame])
+        s, h = self.sdf(xc, f)
+        if not with_normals:
+            return s, h, None, None
+        grad = torch.autograd.grad(s.sum(), x, create_graph=self.training)[0]
+        return s, h, torch.nn.functional.normalize(grad, dim=-1), grad

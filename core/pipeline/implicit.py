@@ -1,0 +1,156 @@
+"""Video -> implicit head -> tracked meshes of one topology (what "Implicit Head from Video" runs).
+
+1. the clip's track: a saved track file, or tracked now (``track_video``);
+2. the frames used for training: up to ``max_frames`` valid frames spread over the clip, each cropped
+   to a square around the tracked head and resized to ``size`` pixels (intrinsics follow), with a
+   person mask (mediapipe's selfie segmentation: hair included);
+3. training (``implicit.train``), resumable from ``checkpoint``;
+4. the canonical surface (octree extraction + marching cubes) moved into every tracked frame.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..errors import FaceForgeError
+from ..jobs import ensure_progress
+
+
+@dataclass
+class ImplicitResult:
+    meshes: "object"            # implicit.meshing.TrackedMeshes (training frames)
+    track: "object"             # the clip's Track
+    frame_indices: np.ndarray   # track frames the meshes belong to
+    report: "object"            # implicit.train.TrainReport
+    extraction: dict
+    timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+def _crop_box(track, model, frames, margin: float = 0.06) -> tuple:
+    """One square crop (x0, y0, side) holding the tracked head (+ hair margin) in every chosen frame."""
+    from ..track.tracker import track_vertices
+    verts = track_vertices(track, model, frames=frames, device="cpu", camera_space=True)   # (n, V, 3)
+    verts = np.asarray(verts)
+    lo, hi = verts.min(1), verts.max(1)
+    pad = margin * np.array([1.0, 1.0, 0.0])
+    corners = []
+    for a, b in zip(lo - pad, hi + pad):
+        for x in (a[0], b[0]):
+            for y in (a[1], b[1]):
+                z = a[2]
+                corners.append([track.focal * x / z + track.cx, track.focal * y / z + track.cy])
+    c = np.asarray(corners)
+    x0, y0 = c.min(0)
+    x1, y1 = c.max(0)
+    side = max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return cx - side / 2, cy - side / 2, side
+
+
+def build_data(video, track, model, size: int = 96, max_frames: int = 40, progress=None):
+    """The trainer's ImplicitData from a clip and its track (plus the chosen track frame indices)."""
+    import cv2
+
+    from ..fit.silhouette import person_mask
+    from ..implicit.train import ImplicitData
+    from ..track.video import open_frames
+    progress = ensure_progress(progress)
+    valid = np.flatnonzero(track.valid)
+    if len(valid) < 2:
+        raise FaceForgeError("The clip has fewer than 2 tracked frames with a face: nothing to learn a head from.")
+    chosen = valid[np.linspace(0, len(valid) - 1, min(max_frames, len(valid))).round().astype(int)]
+    chosen = np.unique(chosen)
+    x0, y0, side = _crop_box(track, model, chosen)
+    scale = size / side
+    wanted = set(int(i) for i in chosen)
+    images, masks = {}, {}
+    source = open_frames(video, track.fps)
+    for index, frame in source.frames(track.frame_start, track.frame_start + track.n_frames):
+        i = index - track.frame_start
+        if i in wanted:
+            M = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], np.float64)
+            crop = cv2.warpAffine(frame, M, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+            mask = person_mask(frame)
+            if mask is None:
+                raise FaceForgeError("mediapipe's selfie segmentation is not available: the implicit head needs "
+                                     "person masks.")
+            masks[i] = cv2.warpAffine(mask, M, (size, size), flags=cv2.INTER_LINEAR)
+            images[i] = crop.astype(np.float32) / 255.0
+            progress.update(f"Reading frames and masks ({len(images)}/{len(wanted)})", len(images) / len(wanted))
+        if len(images) == len(wanted):
+            break
+    chosen = np.array([i for i in chosen if i in images])
+    import torch
+    layer = model.layer("cpu")
+    with torch.no_grad():
+        neutral = layer.shaped(torch.as_tensor(track.shape[None]))[0].numpy()
+        posed = layer.shaped(torch.as_tensor(track.shape[None]).expand(len(chosen), -1),
+                             torch.as_tensor(track.expr[chosen])).numpy()
+    skin = model.skin_vertex_mask()
+    keep = np.nonzero(skin)[0]
+    remap = np.full(model.n_vertices, -1)
+    remap[keep] = np.arange(len(keep))
+    faces = remap[model.faces[model.skin_faces()]]
+    data = ImplicitData(images=np.stack([images[i] for i in chosen]), masks=np.stack([masks[i] for i in chosen]),
+                        rotation=track.rotation[chosen].astype(np.float32),
+                        translation=track.translation[chosen].astype(np.float32),
+                        expr=track.expr[chosen].astype(np.float32), focal=float(track.focal * scale),
+                        cx=float((track.cx - x0) * scale), cy=float((track.cy - y0) * scale),
+                        neutral=neutral[keep].astype(np.float32), posed=posed[:, keep].astype(np.float32),
+                        faces=faces)
+    return data, chosen
+
+
+def implicit_head_from_data(data, config=None, device="cpu", progress=None, checkpoint: Optional[str] = None,
+                            resolution: int = 128):
+    """Train on ``data``, extract the canonical surface, move it into every frame."""
+    import torch
+
+    from ..implicit.extract import extract_surface
+    from ..implicit.meshing import track_meshes
+    from ..implicit.train import train
+    progress = ensure_progress(progress)
+    timings = {}
+    t0 = time.perf_counter()
+    head, box, grid, report = train(data, config, device=device, progress=progress.sub(0.0, 0.8),
+                                    checkpoint=checkpoint)
+    timings["train_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    progress.update("Extracting the surface", 0.8)
+
+    def sdf(x):
+        with torch.no_grad():
+            return head.canonical_sdf(x.to(box.lo.device)).cpu()
+
+    verts, faces, stats = extract_surface(sdf, box.lo.cpu().numpy(), box.hi.cpu().numpy(), resolution=resolution)
+    if len(verts) == 0:
+        raise FaceForgeError("The learned head has no surface inside its box: training failed (try more steps).")
+    verts, faces = largest_component(verts, faces)
+    timings["extract_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    meshes = track_meshes(head, verts, faces, data.expr, data.neutral, data.posed, progress=progress.sub(0.85, 1.0))
+    timings["inversion_s"] = time.perf_counter() - t0
+    return head, box, meshes, report, stats, timings
+
+
+def largest_component(verts: np.ndarray, faces: np.ndarray) -> tuple:
+    """Keep the biggest connected piece (marching cubes can leave specks where the SDF is unsure)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    n = len(verts)
+    f = np.asarray(faces)
+    rows = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    cols = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    _, label = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)
+    big = np.bincount(label).argmax()
+    keep = label == big
+    remap = np.full(n, -1)
+    remap[keep] = np.arange(keep.sum())
+    f2 = remap[f]
+    f2 = f2[(f2 >= 0).all(1)]
+    return verts[keep], f2
