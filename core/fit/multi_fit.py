@@ -13,6 +13,9 @@
    to tell people apart reliably, a recognition network is made for it.
 4. Joint refinement: all photos are fitted together with one shared identity, starting from
    the fused estimate (BatchLandmarkFitter, per-photo focal lengths).
+5. Silhouette refinement (core/fit/silhouette.py): with two or more photos, the model's outline is
+   fitted to the person's outline (mediapipe's selfie segmentation) in every photo, together with
+   the landmarks; on the likeness benchmark this is what makes more photos give a better face.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ..models.morphable import MorphableLayer, axis_angle_to_matrix
 from ..render.camera import project
 from .batch_fit import BatchLandmarkFitter, BatchPriors
 from .photo_fit import FitConfig, PhotoFit, PhotoFitter, landmark_weights
+from .silhouette import SilhouetteConfig, person_mask, refine_silhouette
 
 
 class DifferentPeopleError(FaceForgeError):
@@ -46,6 +50,8 @@ class MultiFitConfig:
     joint_iters: int = 100
     check_people: bool = True
     same_person_distance: float = SAME_PERSON_DISTANCE   # face-embedding distance (dlib's threshold)
+    # outline refinement against the person masks (None: landmarks only); a few seconds per photo
+    silhouette: Optional[SilhouetteConfig] = field(default_factory=SilhouetteConfig)
 
 
 @dataclass
@@ -64,11 +70,13 @@ class MultiPhotoFit:
     shape_single: np.ndarray            # (N, Ks) per-photo identities
     shape_mean: np.ndarray              # (Ks,) plain average
     shape_fused: np.ndarray             # (Ks,) confidence-weighted (precision) fusion
-    shape: np.ndarray                   # (Ks,) final: joint refinement with the shared identity
+    shape: np.ndarray                   # (Ks,) final: joint refinement (+ outlines) with the shared identity
     views: list                         # per-photo dict: R, t, focal, cx, cy, expr, joint_pose, sh, reproj_px
     vertices_neutral: np.ndarray        # (V, 3) final identity, model space
     warnings: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    shape_joint: Optional[np.ndarray] = None    # (Ks,) the joint landmark refinement, before the outlines
+    outline_points: Optional[list] = None       # outline points paired per photo (None: no outline stage)
 
     def best_single(self) -> int:
         """The photo whose own identity is most certain (largest precision determinant)."""
@@ -237,10 +245,24 @@ def fit_photos(images: list, detections: list, layer: MorphableLayer, config: Op
     views = [dict(R=res.R[i], t=res.t[i], focal=float(res.focal[i]), cx=float(cx[i]), cy=float(cy[i]),
                   expr=res.expr[i], joint_pose=res.joint[i], sh=fits[i].params["sh"],
                   reproj_px=float(res.reproj_px[i]), image_size=fits[i].image_size) for i in range(N)]
+    shape_final = res.shape
+    outline_points = None
+    if cfg.silhouette is not None and N >= 2:
+        progress.update("fitting the outlines", 0.98)
+        masks = [person_mask(img) for img in images]
+        if any(m is not None for m in masks):
+            sil = refine_silhouette(layer, detections, masks, res.shape, views, cfg.silhouette,
+                                    item_weights=1.0 / np.array([q.noise_scale for q in quality]) ** 2)
+            shape_final = sil["shape"].astype(np.float32)
+            outline_points = sil["outline_points"]
+            for v, s in zip(views, sil["views"]):
+                v.update(R=s["R"].astype(np.float32), t=s["t"].astype(np.float32), expr=s["expr"].astype(np.float32))
+    t3 = time.perf_counter()
     with torch.no_grad():
-        neutral = layer.shaped(torch.as_tensor(res.shape[None], device=layer.device))[0].cpu().numpy()
+        neutral = layer.shaped(torch.as_tensor(shape_final[None], device=layer.device))[0].cpu().numpy()
     progress.update("identity done", 1.0)
     return MultiPhotoFit(fits=fits, quality=quality, precision=precisions, shape_single=shapes, shape_mean=mean,
-                         shape_fused=fused, shape=res.shape, views=views, vertices_neutral=neutral,
+                         shape_fused=fused, shape=shape_final, views=views, vertices_neutral=neutral,
+                         shape_joint=res.shape, outline_points=outline_points,
                          warnings=warnings, timings={"per_photo_s": t1 - t0, "joint_s": t2 - t1,
-                                                     "total_s": t2 - t0})
+                                                     "silhouette_s": t3 - t2, "total_s": t3 - t0})
