@@ -3,7 +3,7 @@
     FaceForge   status: missing packages, the running job's progress bar + Cancel, the last result
     1. Model    Built-in / Custom (+ Validate), device
     2. Input    a photo, a folder of photos (+ texture size), a video (+ frame range, refinement, track file)
-    3. Reconstruct  from Photo / from Photos / Track Video / Import Track; the head's photo cameras
+    3. Reconstruct  from Photo / from Photos / Track Video / Import Track / Implicit Head from Video; cameras
     4. Rig      what the head has: expression shape keys (editable; Import ARKit Recording), armature
     5. Stylize  Fit Codes to Mesh; Learn Style from a (neutral, sculpt) pair; Apply Style to any head
     6. Export   FBX rig / glTF
@@ -169,6 +169,12 @@ class FACEFORGE_PT_reconstruct(_Step, bpy.types.Panel):
         if not settings.video_path:
             hints.append("Choose a video in 2. Input")
         col.operator("faceforge.import_track", icon="IMPORT", text="Import Track…")
+        row = col.row(align=True)
+        row.enabled = bool(settings.video_path)
+        op = row.operator("faceforge.implicit_head_from_video", icon="META_BALL")
+        op.filepath = settings.video_path
+        if settings.track_path and os.path.isfile(bpy.path.abspath(settings.track_path)):
+            op.track_file = settings.track_path
 
         if not _job_hint(layout):
             for h in hints:

@@ -39,9 +39,11 @@ def _jacobian_solve(head, x, expr, latent, target):
     return (x - step).detach(), residual.detach()
 
 
-def invert_deformation(head, canonical: np.ndarray, expr: np.ndarray, frame: int, init: np.ndarray,
+def invert_deformation(head, canonical: np.ndarray, expr: np.ndarray, frame, init: np.ndarray,
                        iterations: int = 5, chunk: int = 20000) -> tuple:
-    """Observed positions (V, 3) of ``canonical`` points in ``frame``; returns (points, mean residual mm)."""
+    """Observed positions (V, 3) of ``canonical`` points in a frame: ``frame`` is a training frame's
+    index, or that frame's latent code itself (an array: frames between training frames get
+    interpolated latents). Returns (points, mean residual mm)."""
     device = next(head.parameters()).device
     out, res = [], []
     for a, b in zip(np.array_split(canonical, max(1, len(canonical) // chunk)),
@@ -49,7 +51,9 @@ def invert_deformation(head, canonical: np.ndarray, expr: np.ndarray, frame: int
         target = torch.as_tensor(a, dtype=torch.float32, device=device)
         x = torch.as_tensor(b, dtype=torch.float32, device=device)
         e = torch.as_tensor(expr, dtype=torch.float32, device=device).reshape(1, -1).expand(len(x), -1)
-        lat = head.latents[frame].detach().reshape(1, -1).expand(len(x), -1)
+        code = head.latents[frame] if isinstance(frame, (int, np.integer)) else torch.as_tensor(
+            np.asarray(frame, np.float32), device=device)
+        lat = code.detach().reshape(1, -1).expand(len(x), -1)
         for _ in range(iterations):
             x, r = _jacobian_solve(head, x, e, lat, target)
         with torch.no_grad():
@@ -60,18 +64,20 @@ def invert_deformation(head, canonical: np.ndarray, expr: np.ndarray, frame: int
 
 
 def track_meshes(head, verts: np.ndarray, faces: np.ndarray, expr: np.ndarray, neutral: np.ndarray,
-                 posed: np.ndarray, progress=None) -> TrackedMeshes:
-    """Move the canonical mesh (``verts``, ``faces``) into every frame (codes ``expr`` (T, Ke)).
-    ``neutral`` / ``posed`` (T, Vm, 3): the tracked morphable head, for the starting points."""
+                 posed: np.ndarray, progress=None, latents: np.ndarray = None) -> TrackedMeshes:
+    """Move the canonical mesh (``verts``, ``faces``) into every frame (codes ``expr`` (T, Ke);
+    ``latents`` (T, L), default: the training frames' own). ``neutral`` / ``posed`` (T, Vm, 3): the
+    tracked morphable head, for the starting points."""
     from scipy.spatial import cKDTree
     progress = ensure_progress(progress)
+    device = next(head.parameters()).device
     _, nearest = cKDTree(neutral).query(verts)
     T = expr.shape[0]
     frames, residual = [], []
     t0 = time.perf_counter()
     for f in range(T):
         init = verts + (posed[f, nearest] - neutral[nearest])
-        x, r = invert_deformation(head, verts, expr[f], f, init)
+        x, r = invert_deformation(head, verts, expr[f], f if latents is None else latents[f], init)
         frames.append(x.astype(np.float32))
         residual.append(r)
         progress.update(f"Moving the mesh into frame {f + 1}/{T}", (f + 1) / T)

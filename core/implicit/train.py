@@ -88,6 +88,9 @@ def head_box(neutral: np.ndarray, margin: float) -> Box:
     lo = torch.as_tensor(neutral.min(0) - margin, dtype=torch.float32)
     hi = torch.as_tensor(neutral.max(0) + margin, dtype=torch.float32)
     hi[2] = float(neutral[:, 2].max()) + 0.02          # little in front of the face
+    # the neck's open end lies just outside the box: below it there is no surface to learn, and an
+    # open end inside the box would make the SDF's sign there a guess (a spurious cap)
+    lo[1] = float(neutral[:, 1].min()) + 0.01
     return Box(lo, hi)
 
 

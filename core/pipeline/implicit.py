@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -107,8 +108,9 @@ def build_data(video, track, model, size: int = 96, max_frames: int = 40, progre
 
 
 def implicit_head_from_data(data, config=None, device="cpu", progress=None, checkpoint: Optional[str] = None,
-                            resolution: int = 128):
-    """Train on ``data``, extract the canonical surface, move it into every frame."""
+                            resolution: int = 128, invert: bool = True):
+    """Train on ``data``, extract the canonical surface, move it into every training frame (``invert``;
+    else ``meshes`` is ``(verts, faces)`` of the canonical surface)."""
     import torch
 
     from ..implicit.extract import extract_surface
@@ -132,6 +134,8 @@ def implicit_head_from_data(data, config=None, device="cpu", progress=None, chec
         raise FaceForgeError("The learned head has no surface inside its box: training failed (try more steps).")
     verts, faces = largest_component(verts, faces)
     timings["extract_s"] = time.perf_counter() - t0
+    if not invert:
+        return head, box, (verts, faces), report, stats, timings
     t0 = time.perf_counter()
     meshes = track_meshes(head, verts, faces, data.expr, data.neutral, data.posed, progress=progress.sub(0.85, 1.0))
     timings["inversion_s"] = time.perf_counter() - t0
@@ -154,3 +158,84 @@ def largest_component(verts: np.ndarray, faces: np.ndarray) -> tuple:
     f2 = remap[f]
     f2 = f2[(f2 >= 0).all(1)]
     return verts[keep], f2
+
+
+def implicit_head_from_video(video, model=None, track_path: Optional[str] = None, device="auto", progress=None,
+                             checkpoint: Optional[str] = None, config=None, size: int = 96, max_frames: int = 40,
+                             resolution: int = 128, frame_range=None) -> ImplicitResult:
+    """The whole job: track (or read ``track_path``), build the training data, train (resuming from
+    ``checkpoint``), extract and move the mesh into every training frame."""
+    from ..device import resolve_device
+    from ..models import load_model
+    from ..track.track_file import check_model, load_track
+    from ..track.tracker import track_video
+    progress = ensure_progress(progress)
+    dev = resolve_device(device)
+    timings = {}
+    t0 = time.perf_counter()
+    if track_path:
+        track = load_track(track_path)
+        if Path(str(track.video_path)).name != Path(str(video)).name:
+            raise FaceForgeError(f"The track file {Path(track_path).name} is of '{Path(str(track.video_path)).name}', "
+                                 f"not of '{Path(str(video)).name}': choose this video's track or leave it empty.")
+        from ..models import embedded_name
+        mm = load_model(model if model else (track.model_name if embedded_name(track.model_name)
+                                             else track.model_source))
+        check_model(track, mm)
+    else:
+        mm = load_model(model)
+        track = track_video(video, mm, dev, progress.sub(0.0, 0.15), None, frame_range)
+    timings["track_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data, chosen = build_data(video, track, mm, size=size, max_frames=max_frames, progress=progress.sub(0.15, 0.2))
+    timings["data_s"] = time.perf_counter() - t0
+    head, _, (verts, faces), report, stats, more = implicit_head_from_data(
+        data, config, device=dev, progress=progress.sub(0.2, 0.85), checkpoint=checkpoint, resolution=resolution,
+        invert=False)
+    timings.update(more)
+    # every frame of the clip, not only the training ones: latents between training frames are interpolated
+    t0 = time.perf_counter()
+    import torch
+
+    from ..implicit.meshing import track_meshes
+    frames = np.arange(track.n_frames)
+    lat = head.latents.detach().cpu().numpy()
+    latents = np.stack([np.interp(frames, chosen, lat[:, j]) for j in range(lat.shape[1])], 1).astype(np.float32)
+    layer = mm.layer("cpu")
+    with torch.no_grad():
+        posed = layer.shaped(torch.as_tensor(track.shape[None]).expand(len(frames), -1),
+                             torch.as_tensor(track.expr)).numpy()[:, mm.skin_vertex_mask()]
+    meshes = track_meshes(head, verts, faces, track.expr.astype(np.float32), data.neutral, posed,
+                          progress=progress.sub(0.85, 1.0), latents=latents)
+    timings["inversion_s"] = time.perf_counter() - t0
+    return ImplicitResult(meshes=meshes, track=track, frame_indices=frames, report=report, extraction=stats,
+                          timings=timings, warnings=list(getattr(track, "warnings", []) or []))
+
+
+def implicit_rig(result: ImplicitResult, name: str = "ImplicitHead", tolerance_mm: float = 0.5,
+                 max_components: int = 64):
+    """One animated object: the tracked meshes as a PCA blendshape basis with keyed weights, the head's
+    motion on a root bone (relative to the first face frame, as tracked heads), the clip's camera."""
+    from ..implicit.sequence import compress_sequence, sequence_head_rig
+    from ..rig import CameraSpec
+    track = result.track
+    ref = int(np.flatnonzero(track.valid)[0]) if track.valid.any() else 0
+    R0 = track.rotation[ref].astype(np.float64)
+    t0 = track.translation[ref].astype(np.float64)
+    frames = result.frame_indices
+    root_R = np.einsum("ji,tjk->tik", R0, track.rotation[frames].astype(np.float64))
+    root_t = np.einsum("ji,tj->ti", R0, track.translation[frames].astype(np.float64) - t0)
+    # the meshes are in head space already (the tracked pose was undone by training): compress them as
+    # they are, and give the rig the clip's head motion as its root motion
+    basis = compress_sequence(result.meshes.frames, max_components=max_components, tolerance_mm=tolerance_mm)
+    basis.rotation, basis.translation = root_R.astype(np.float32), root_t.astype(np.float32)
+    H, W = track.image_size
+    camera = CameraSpec(focal_px=float(track.focal), width=int(W), height=int(H), rotation=R0, translation=t0,
+                        cx=float(track.cx), cy=float(track.cy), image_path=track.video_path)
+    rig = sequence_head_rig(basis, result.meshes.faces, name=name, vertex_colors=result.meshes.colours,
+                            fps=float(track.fps), frame_start=int(track.frame_start) + int(frames[0]), camera=camera,
+                            video_path=track.video_path,
+                            metadata={"implicit": {"train_steps": result.report.steps,
+                                                   "train_s": round(result.timings.get("train_s", 0.0), 1),
+                                                   "inversion_residual_mm": float(result.meshes.residual_mm.mean())}})
+    return rig, basis

@@ -1,0 +1,97 @@
+"""``faceforge.implicit_head_from_video``: a video -> a per-person neural head (hair included) -> one
+animated object of a single topology.
+
+The engine (``core.pipeline.implicit``) tracks the clip (or reads the scene's track file), trains
+the implicit head on frames spread over the clip, extracts its surface and moves it into every
+frame; the result arrives as a PCA blendshape basis with keyed weights, a root bone for the head
+motion and the clip's camera - built by the same scene builder as tracked heads. Training writes a
+checkpoint beside the .blend (``<video>.ffimplicit.pt``): run again after a cancel or crash and it
+resumes there.
+"""
+
+import os
+
+import bpy
+from bpy.props import BoolProperty, IntProperty, StringProperty
+
+from .. import paths
+from ..engine import core
+from ..runner import JobOperator
+from .reconstruct import BrowseFirst, EngineOptions
+from .track import VIDEO_GLOB, build_tracked_head
+
+CHECKPOINT_SUFFIX = ".ffimplicit.pt"
+
+
+class FACEFORGE_OT_implicit_head_from_video(BrowseFirst, EngineOptions, JobOperator, bpy.types.Operator):
+    bl_idname = "faceforge.implicit_head_from_video"
+    bl_label = "Implicit Head from Video"
+    bl_description = ("Learn the person's whole head (hair included) as a neural surface from a video and import it "
+                      "as one animated mesh of a single topology. Long on a CPU (minutes to hours): runs in the "
+                      "background, Esc or Cancel stops it, and the next run resumes from the saved checkpoint")
+    bl_options = {"UNDO"}
+
+    filepath: StringProperty(name="Video", subtype="FILE_PATH", default="", options={"SKIP_SAVE"})
+    filter_glob: StringProperty(default=VIDEO_GLOB, options={"HIDDEN", "SKIP_SAVE"})
+    filter_movie: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    track_file: StringProperty(name="Track File", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
+                               description="A saved track of this video (.fftrack.npz); empty: track the video first")
+    steps: IntProperty(name="Training Steps", min=2, default=1500, description="More is sharper and slower")
+    size: IntProperty(name="Image Size", min=16, max=512, default=96,
+                      description="Training frames are cropped around the head and resized to this many pixels")
+    max_frames: IntProperty(name="Training Frames", min=2, max=2000, default=40,
+                            description="Frames spread over the clip that the head is learned from")
+    resolution: IntProperty(name="Mesh Resolution", min=32, max=512, default=128,
+                            description="Cells per axis of the surface extraction")
+
+    def prepare(self, context):
+        errors = core.errors
+        video = bpy.path.abspath(self.filepath) if self.filepath else ""
+        if not video or not os.path.exists(video):
+            raise errors.InputError(f"The video '{video}' does not exist: choose a clip of one face.")
+        track = bpy.path.abspath(self.track_file) if self.track_file else ""
+        if track and not os.path.isfile(track):
+            raise errors.InputError(f"The track file '{track}' does not exist.")
+        model = self.model_spec(context)
+        device = self.device_name(context)
+        checkpoint = os.path.join(paths.output_dir(), paths.media_stem(video) + CHECKPOINT_SUFFIX)
+        steps, size, frames, resolution = int(self.steps), int(self.size), int(self.max_frames), int(self.resolution)
+        self._video, self._checkpoint = video, checkpoint
+
+        def work(progress):
+            import importlib
+            implicit = importlib.import_module(f"{core.__name__}.pipeline.implicit")
+            train_mod = importlib.import_module(f"{core.__name__}.implicit.train")
+            result = implicit.implicit_head_from_video(
+                video, model=model, track_path=track or None, device=device, progress=progress,
+                checkpoint=checkpoint, config=train_mod.TrainConfig(steps=steps), size=size, max_frames=frames,
+                resolution=resolution)
+            rig, basis = implicit.implicit_rig(result, name=paths.media_stem(video) + "_implicit")
+            return _Result(rig, result, basis)
+
+        return work
+
+    def finish(self, context, result):
+        msg = build_tracked_head(self, context, result, "Implicit head")
+        b = result.basis
+        r = result.implicit.report
+        head = context.view_layer.objects.active
+        if head is not None:
+            head["faceforge_implicit_checkpoint"] = self._checkpoint
+        resumed = f", resumed at step {r.resumed_from}" if r.resumed_from else ""
+        return (f"{msg}; {b.n_vertices} vertices, {b.n_components} blendshapes (error mean {b.error_mean_mm:.2f} mm, "
+                f"max {b.error_max_mm:.2f} mm); trained {r.steps} steps in {r.seconds:.0f} s{resumed}; "
+                f"checkpoint {self._checkpoint}")
+
+
+class _Result:
+    """What ``build_tracked_head`` reads (rig, warnings), plus the implicit job's own figures."""
+
+    def __init__(self, rig, implicit_result, basis):
+        self.rig, self.implicit, self.basis = rig, implicit_result, basis
+        self.warnings = implicit_result.warnings
+        self.model = None
+
+
+CLASSES = (FACEFORGE_OT_implicit_head_from_video,)
