@@ -78,14 +78,22 @@ class MeshSequenceBasis:
         return T * V * 3 / max(basis, 1)
 
 
-def _vertex_errors(X: np.ndarray, W: np.ndarray, C: np.ndarray, block: int = 32) -> np.ndarray:
-    """(T, V) distance between the offsets X (T, V*3) and their reconstruction W @ C, frames in blocks."""
-    T = len(X)
-    out = np.empty((T, X.shape[1] // 3), dtype=np.float32)
-    for s in range(0, T, block):
-        R = X[s:s + block] - W[s:s + block] @ C if W.shape[1] else X[s:s + block]
-        out[s:s + block] = np.sqrt((R.reshape(len(R), -1, 3) ** 2).sum(-1))
-    return out
+def _sq_errors(R: np.ndarray, V: int) -> np.ndarray:
+    """(T, V) squared vertex errors of a (T, V*3) residual."""
+    R3 = R.reshape(len(R), V, 3)
+    return np.einsum("tvc,tvc->tv", R3, R3)
+
+
+def _update(resid: np.ndarray, W: np.ndarray, C: np.ndarray, sign: float, block: int = 32) -> None:
+    """resid += sign * W @ C, in place, a block of frames at a time (no full-size temporary)."""
+    buf = np.empty((min(block, len(resid)), resid.shape[1]), dtype=resid.dtype)
+    for s in range(0, len(resid), block):
+        n = min(block, len(resid) - s)
+        np.matmul(W[s:s + n], C, out=buf[:n])
+        if sign < 0:
+            np.subtract(resid[s:s + n], buf[:n], out=resid[s:s + n])
+        else:
+            np.add(resid[s:s + n], buf[:n], out=resid[s:s + n])
 
 
 def compress_sequence(frames: np.ndarray, max_components: int = 64, tolerance_mm: float = 0.5,
@@ -96,26 +104,29 @@ def compress_sequence(frames: np.ndarray, max_components: int = 64, tolerance_mm
     ``rotation`` (T, 3, 3) / ``translation`` (T, 3): the head's rigid motion per frame (model space,
     ``frame = R @ head_space + t``), taken out before the PCA and kept as the rig's root motion.
     ``units_per_mm``: model units in a millimetre (1e-3 for metres). ``K`` is the smallest number of
-    components whose worst vertex error is within ``tolerance_mm``, at most ``max_components`` (and
-    at most T - 1), searched on the assumption that the error falls as components are added; if the
-    cap is hit the reported error is above the tolerance. The heavy products run in float32 (errors
-    ~1e-8 of the head's size), the eigen-decomposition in float64.
+    components whose worst vertex error is within ``tolerance_mm`` (components are added in order
+    until it is), at most ``max_components`` and at most T - 1; if the cap is hit the reported error
+    is above the tolerance. The heavy products run in float32 (errors ~1e-8 of the head's size), the
+    eigen-decomposition in float64.
     """
     t0 = time.perf_counter()
-    P = np.array(frames, dtype=np.float32)                           # our own float32 copy, centred in place
-    if P.ndim != 3 or P.shape[2] != 3 or P.shape[0] < 1 or P.shape[1] < 1:
-        raise ValueError(f"frames must be (T, V, 3), got {P.shape}")
-    if not np.isfinite(P).all():
-        raise ValueError("frames contain NaN or infinite values")
-    T, V, _ = P.shape
+    src = np.asarray(frames)
+    if src.ndim != 3 or src.shape[2] != 3 or src.shape[0] < 1 or src.shape[1] < 1:
+        raise ValueError(f"frames must be (T, V, 3), got {src.shape}")
+    T, V, _ = src.shape
     R = tr = None
     if rotation is not None or translation is not None:
         R = np.tile(np.eye(3), (T, 1, 1)) if rotation is None else np.asarray(rotation, dtype=np.float64)
         tr = np.zeros((T, 3)) if translation is None else np.asarray(translation, dtype=np.float64)
         if R.shape != (T, 3, 3) or tr.shape != (T, 3):
             raise ValueError(f"rotation must be (T, 3, 3) and translation (T, 3) for T={T}, got {R.shape}, {tr.shape}")
-        P -= tr[:, None].astype(np.float32)
-        P = np.matmul(P, R.astype(np.float32))                       # head space: R^T (x - t) as rows
+        P = np.empty((T, V, 3), dtype=np.float32)
+        for i in range(T):                                           # head space: R^T (x - t), as rows
+            np.matmul(src[i].astype(np.float32) - tr[i].astype(np.float32), R[i].astype(np.float32), out=P[i])
+    else:
+        P = np.array(src, dtype=np.float32)                          # our own copy: centred in place
+    if not np.isfinite(P).all():
+        raise ValueError("frames contain NaN or infinite values")
     mean = P.mean(0, dtype=np.float64)
     P -= mean.astype(np.float32)
     X = P.reshape(T, V * 3)
@@ -131,44 +142,44 @@ def compress_sequence(frames: np.ndarray, max_components: int = 64, tolerance_mm
     cap = max(0, min(int(max_components), rank, T - 1))
     sigma = np.sqrt(lam[:cap])
     W_all = (U[:, :cap] * sigma).astype(np.float32)                 # (T, cap) weights of unit components
-    comps = []                                                       # rows of C, computed as needed
-
-    def C(k: int) -> np.ndarray:
-        if len(comps) < k:
-            n = len(comps)
-            block = (U[:, n:k].T / sigma[n:k, None]).astype(np.float32) @ X
-            comps.extend(block)
-        return np.asarray(comps[:k], dtype=np.float32).reshape(k, V * 3)
+    C_all = (U[:, :cap].T / np.maximum(sigma, 1e-300)[:, None]).astype(np.float32) @ X   # (cap, 3V)
+    frame_sq = np.square(X).sum(1, dtype=np.float64)
     t1 = time.perf_counter()
 
     # smallest K whose worst vertex error meets the tolerance. The per-frame RMS error (cheap, from the
     # weights) is a lower bound of the worst vertex error, so no K below the first one whose RMS meets
-    # the tolerance can pass: start there, step up until it passes, then bisect the last step.
-    frame_sq = np.square(X).sum(1, dtype=np.float64)
+    # the tolerance can pass: start there, add components to the residual (X, in place) in growing
+    # blocks until it passes, then redo the last block one component at a time.
     rms_k = np.sqrt(np.maximum(frame_sq[:, None] - np.cumsum(W_all.astype(np.float64) ** 2, axis=1), 0.0) / V)
     rms = np.concatenate([np.sqrt(frame_sq / V)[:, None], rms_k], 1).max(0)                # K = 0..cap
     K = int(np.argmax(rms <= tol)) if (rms <= tol).any() else cap
-    errors = {}
-
-    def worst(k: int) -> float:
-        if k not in errors:
-            errors[k] = _vertex_errors(X, W_all[:, :k], C(k))
-        return float(errors[k].max())
-
-    fail = K - 1
-    while worst(K) > tol and K < cap:
-        fail, K = K, min(cap, K + max(1, K // 4))
-    while K - fail > 1 and worst(K) <= tol:
-        mid = (fail + K) // 2
-        if worst(mid) <= tol:
-            K = mid
+    tol2 = tol * tol
+    resid = X
+    if K:
+        _update(resid, W_all[:, :K], C_all[:K], -1.0)
+    sq = _sq_errors(resid, V)
+    checks = 1
+    while sq.max() > tol2 and K < cap:
+        k2 = min(cap, K + max(1, K // 4))
+        _update(resid, W_all[:, K:k2], C_all[K:k2], -1.0)
+        sq2 = _sq_errors(resid, V)
+        checks += 1
+        if sq2.max() <= tol2 and k2 - K > 1:
+            _update(resid, W_all[:, K:k2], C_all[K:k2], +1.0)      # back, then one component at a time
+            for k in range(K, k2):
+                _update(resid, W_all[:, k:k + 1], C_all[k:k + 1], -1.0)
+                sq = _sq_errors(resid, V)
+                checks += 1
+                K = k + 1
+                if sq.max() <= tol2:
+                    break
         else:
-            fail = mid
-    err = errors[K].astype(np.float64)
-    checks = len(errors)
+            sq, K = sq2, k2
+    err = np.sqrt(sq.astype(np.float64))
+    del resid, X, P
     t2 = time.perf_counter()
 
-    W, Cm = W_all[:, :K].astype(np.float64), C(K).astype(np.float64)
+    W, Cm = W_all[:, :K].astype(np.float64), C_all[:K].astype(np.float64)
     span = np.abs(W).max(0) if K else np.zeros(0)
     span = np.where(span > 0, span, 1.0)
     flip = np.where(W[np.abs(W).argmax(0), np.arange(K)] < 0, -1.0, 1.0) if K else np.zeros(0)
