@@ -128,3 +128,21 @@ def render_rays(head, o: torch.Tensor, d: torch.Tensor, frame: int, expr: torch.
     w = alpha * trans
     return RenderResult(rgb=(w[..., None] * rgb).sum(1), opacity=w.sum(1), depth=(w * t).sum(1), gradients=grads,
                         evaluated=int(len(idx)), total=N * n_samples)
+
+
+@torch.no_grad()
+def render_image(head, frame: int, expr: torch.Tensor, R: torch.Tensor, t: torch.Tensor, focal: float, cx: float,
+                 cy: float, height: int, width: int, box: Box, grid: Optional[OccupancyGrid] = None,
+                 n_samples: int = 64, chunk: int = 2048) -> tuple:
+    """A whole frame from the learned head (what Preview shows): ``(rgb (H, W, 3), opacity (H, W))``.
+    Shading uses the SDF's normals, so gradients are computed; nothing is kept for training."""
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).float().to(box.lo.device)
+    o, d = camera_rays(pix, focal, cx, cy, R, t)
+    rgb, opacity = [], []
+    for a, b in zip(o.split(chunk), d.split(chunk)):
+        with torch.enable_grad():
+            out = render_rays(head, a, b, frame, expr, box, n_samples=n_samples, grid=grid, perturb=False)
+        rgb.append(out.rgb.detach())
+        opacity.append(out.opacity.detach())
+    return torch.cat(rgb).reshape(height, width, 3), torch.cat(opacity).reshape(height, width)
