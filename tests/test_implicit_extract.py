@@ -181,8 +181,8 @@ def test_mesh_sdf_is_exact(ict_skin):
     d = sdf.signed_distance(pts)
     from core.geometry import closest_points_on_triangles
     tri = v[f]
-    brute = np.array([np.linalg.norm(closest_points_on_triangles(np.repeat(x[None], len(tri), 0), tri) - x, axis=1).min()
-                      for x in pts])
+    brute = np.array([np.linalg.norm(closest_points_on_triangles(np.repeat(x[None], len(tri), 0), tri) - x,
+                                     axis=1).min() for x in pts])
     np.testing.assert_allclose(np.abs(d), np.minimum(brute, 0.03), atol=1e-12)
     winding = np.array([winding_number(tri, x) for x in pts])
     assert np.all((winding > 0.5) == (d < 0))

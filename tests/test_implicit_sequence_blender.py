@@ -68,7 +68,8 @@ def test_exports_fbx_and_glb_with_the_animation(clip, empty_scene, tmp_path):
     assert bpy.ops.faceforge.export_gltf(filepath=str(glb)) == {"FINISHED"}
     gltf = read_glb(glb)
     mesh = gltf["meshes"][0]
-    assert len(mesh["primitives"][0]["targets"]) == K and mesh["extras"]["targetNames"] == [f"pc{k:03d}" for k in range(K)]
+    assert len(mesh["primitives"][0]["targets"]) == K
+    assert mesh["extras"]["targetNames"] == [f"pc{k:03d}" for k in range(K)]
     (anim,) = gltf["animations"]
     paths = {(gltf["nodes"][c["target"]["node"]]["name"], c["target"]["path"]) for c in anim["channels"]}
     assert {("root", "translation"), ("root", "rotation"), (out["mesh"].name, "weights")} <= paths

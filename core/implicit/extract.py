@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
