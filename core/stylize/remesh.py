@@ -67,28 +67,36 @@ def torch_sparse(m: sp.spmatrix, device="cpu") -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- surface queries
+class SurfaceIndex:
+    """A triangle mesh prepared for closest-point queries (a KD-tree on its triangle centroids)."""
+
+    def __init__(self, verts: np.ndarray, faces: np.ndarray):
+        from scipy.spatial import cKDTree
+
+        self.verts = np.asarray(verts, np.float64)
+        self.faces = np.asarray(faces, np.int64)
+        self.tree = cKDTree(self.verts[self.faces].mean(1))
+
+    def closest(self, points: np.ndarray, candidates: int = 12) -> tuple:
+        """(triangle (N,), barycentrics (N, 3), distance (N,), closest points (N, 3)). Candidate
+        triangles are those whose centroids are nearest, then exact point-triangle distances decide."""
+        points = np.asarray(points, np.float64)
+        C = int(min(candidates, len(self.faces)))
+        _, near = self.tree.query(points, k=C)
+        near = near.reshape(len(points), C)
+        N = len(points)
+        tri = self.verts[self.faces[near.reshape(-1)]]
+        q = np.repeat(points, C, axis=0)
+        cp = closest_points_on_triangles(q, tri)
+        dist = np.sqrt(((cp - q) ** 2).sum(1)).reshape(N, C)
+        best = dist.argmin(1)
+        rows = np.arange(N) * C + best
+        return near[np.arange(N), best], barycentric(cp[rows], tri[rows]), dist[np.arange(N), best], cp[rows]
+
+
 def project_to_surface(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, candidates: int = 12):
-    """Closest surface point of each point: (triangle (N,), barycentrics (N, 3), distance (N,)).
-
-    Candidate triangles are those whose centroids are nearest (a KD-tree), then exact
-    point-triangle distances decide; ``candidates`` grows for coarse or very uneven meshes."""
-    from scipy.spatial import cKDTree
-
-    points = np.asarray(points, np.float64)
-    verts = np.asarray(verts, np.float64)
-    faces = np.asarray(faces, np.int64)
-    C = int(min(candidates, len(faces)))
-    tree = cKDTree(verts[faces].mean(1))
-    _, near = tree.query(points, k=C)
-    near = near.reshape(len(points), C)
-    N = len(points)
-    tri = verts[faces[near.reshape(-1)]]
-    q = np.repeat(points, C, axis=0)
-    cp = closest_points_on_triangles(q, tri)
-    dist = np.sqrt(((cp - q) ** 2).sum(1)).reshape(N, C)
-    best = dist.argmin(1)
-    rows = np.arange(N) * C + best
-    return near[np.arange(N), best], barycentric(cp[rows], tri[rows]), dist[np.arange(N), best]
+    """Closest surface point of each point: (triangle (N,), barycentrics (N, 3), distance (N,))."""
+    return SurfaceIndex(verts, faces).closest(points, candidates)[:3]
 
 
 def bary_matrix(face_index: np.ndarray, bary: np.ndarray, faces: np.ndarray, n_vertices: int) -> sp.csr_matrix:
@@ -369,9 +377,10 @@ def training_topologies(model: MorphableModel, seed: int = 0, progress=None) -> 
 
 
 def augment(verts: torch.Tensor, generator: torch.Generator, center, rotation_deg: float = 2.0,
-            translation_m: float = 0.002, scale: float = 0.01, noise_m: float = 0.0001) -> torch.Tensor:
+            translation_m: float = 0.002, scale: float = 0.01, noise_m: float = 0.0001, also=None):
     """Roughly aligned copies of (B, V, 3) heads: a random rotation (up to ``rotation_deg`` about a
-    random axis through ``center``), translation, uniform scale and per-vertex noise."""
+    random axis through ``center``), translation, uniform scale and per-vertex noise. ``also`` (N, 3) or
+    (B, N, 3): points moved by the same similarity (no noise), returned second."""
     from ..models.morphable import axis_angle_to_matrix
 
     B = verts.shape[0]
@@ -383,5 +392,9 @@ def augment(verts: torch.Tensor, generator: torch.Generator, center, rotation_de
     t = ((torch.rand(B, 1, 3, generator=generator) * 2 - 1) * translation_m).to(dev)
     s = (1.0 + (torch.rand(B, 1, 1, generator=generator) * 2 - 1) * scale).to(dev)
     c = torch.as_tensor(np.asarray(center, np.float32), device=dev)
+    move = lambda p: s * torch.einsum("bij,bvj->bvi", R, p - c) + c + t  # noqa: E731
     noise = (torch.randn(verts.shape, generator=generator) * noise_m).to(dev)
-    return s * torch.einsum("bij,bvj->bvi", R, verts - c) + c + t + noise
+    out = move(verts) + noise
+    if also is None:
+        return out
+    return out, move(also if also.dim() == 3 else also[None].expand(B, -1, -1))
