@@ -342,15 +342,8 @@ def import_arkit(args, parser) -> int:
         parser.error("--fps must be positive (0 = from the recording's timecodes)")
     head, recording = os.path.abspath(args.head), os.path.abspath(args.recording)
     if head.lower().endswith(".blend"):
-        if not os.path.isfile(head):
-            print(f"{PROG}: error: the .blend file '{head}' does not exist.", file=sys.stderr)
+        if not _open_blend(bpy, head):
             return EXIT_ERROR
-        try:
-            bpy.ops.wm.open_mainfile(filepath=head)
-        except RuntimeError as e:
-            print(f"{PROG}: error: cannot open '{head}': {_op_error(e)}", file=sys.stderr)
-            return EXIT_ERROR
-        register_addon()
     else:   # a photo: reconstruct the head first
         register_addon()
         _clear_startup_scene(bpy)
@@ -370,15 +363,11 @@ def apply_style(args, parser) -> int:
     import bpy
     _check_outputs(parser, args)
     head, style = os.path.abspath(args.head), os.path.abspath(args.style)
-    if not head.lower().endswith(".blend") or not os.path.isfile(head):
-        print(f"{PROG}: error: '{head}' is not an existing .blend file.", file=sys.stderr)
+    if not head.lower().endswith(".blend"):
+        print(f"{PROG}: error: '{head}' is not a .blend file.", file=sys.stderr)
         return EXIT_ERROR
-    try:
-        bpy.ops.wm.open_mainfile(filepath=head)
-    except RuntimeError as e:
-        print(f"{PROG}: error: cannot open '{head}': {_op_error(e)}", file=sys.stderr)
+    if not _open_blend(bpy, head):
         return EXIT_ERROR
-    register_addon()
     prefs = importlib.import_module(addon_package().__name__ + ".preferences").get_prefs()
     if prefs is not None:
         prefs.device = args.device.upper()
@@ -412,6 +401,20 @@ def train_deformer(args) -> int:
                       "seconds": round(info.seconds, 1), "held_out_rms_mm": round(info.rms_mm, 3),
                       "held_out_max_mm": round(info.max_mm, 3), "written": [str(p) for p in paths]}, indent=1))
     return EXIT_OK
+
+
+def _open_blend(bpy, path: str) -> bool:
+    """Open a .blend holding a FaceForge head and register the add-on; False after printing why not."""
+    if not os.path.isfile(path):
+        print(f"{PROG}: error: the .blend file '{path}' does not exist.", file=sys.stderr)
+        return False
+    try:
+        bpy.ops.wm.open_mainfile(filepath=path)
+    except RuntimeError as e:
+        print(f"{PROG}: error: cannot open '{path}': {_op_error(e)}", file=sys.stderr)
+        return False
+    register_addon()
+    return True
 
 
 def _op_error(e: RuntimeError) -> str:

@@ -12,9 +12,9 @@ import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
 from ..engine import core
-from ..runner import JobOperator, _fail_poll
+from ..runner import JobOperator
 from ..scene.lookup import find_head
-from .reconstruct import BrowseFirst, engine_poll
+from .reconstruct import BrowseFirst, head_job_poll
 
 
 def _arkit_module():
@@ -55,11 +55,7 @@ class FACEFORGE_OT_import_arkit_recording(BrowseFirst, JobOperator, bpy.types.Op
 
     @classmethod
     def job_poll(cls, context):
-        if context.scene is None or not hasattr(context.scene, "faceforge"):
-            return False
-        if find_head(context) is None:
-            return _fail_poll(cls, "No FaceForge head in the scene: select or build one first")
-        return engine_poll(cls, context)
+        return head_job_poll(cls, context)
 
     def draw(self, context):
         layout = self.layout

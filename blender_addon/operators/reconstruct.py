@@ -30,6 +30,16 @@ def engine_poll(cls, context) -> bool:
     return _fail_poll(cls, message) if message else True
 
 
+def head_job_poll(cls, context) -> bool:
+    """Shared poll of jobs that act on a FaceForge head (ARKit recordings, styles)."""
+    from ..scene.lookup import find_head
+    if context.scene is None or not hasattr(context.scene, "faceforge"):
+        return False
+    if find_head(context) is None:
+        return _fail_poll(cls, "No FaceForge head in the scene: select or build one first")
+    return engine_poll(cls, context)
+
+
 def model_override(spec: str) -> str:
     """An operator's model argument: an embedded model's name as it is, a file path made absolute."""
     return spec if spec.strip().lower() in EMBEDDED_MODEL_NAMES else bpy.path.abspath(spec)

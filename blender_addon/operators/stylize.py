@@ -22,7 +22,7 @@ from ..paths import output_dir, unique_path
 from ..properties import EMBEDDED_MODEL_NAMES
 from ..runner import JobOperator, _fail_poll
 from ..scene.lookup import HEAD_PROP, find_head
-from .reconstruct import engine_poll
+from .reconstruct import engine_poll, head_job_poll
 
 
 def _core(name: str):
@@ -156,11 +156,7 @@ class FACEFORGE_OT_apply_style(JobOperator, bpy.types.Operator):
 
     @classmethod
     def job_poll(cls, context):
-        if context.scene is None or not hasattr(context.scene, "faceforge"):
-            return False
-        if find_head(context) is None:
-            return _fail_poll(cls, "No FaceForge head in the scene: select or build one first")
-        return engine_poll(cls, context)
+        return head_job_poll(cls, context)
 
     def prepare(self, context):
         from ..scene.style import rest_vertices, shape_key_names

@@ -17,7 +17,6 @@ every ``checkpoint_every`` steps, so a cancelled or crashed run resumes where it
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,14 +147,11 @@ def pretrain(head: ImplicitHead, data: ImplicitData, box: Box, steps: int, progr
 
 # -- checkpoints --------------------------------------------------------------------------------------
 def save_checkpoint(path, head: ImplicitHead, opt, step: int, report: TrainReport) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ..stylize.deformer import save_atomic
     data = {"format": CHECKPOINT_FORMAT, "step": int(step), "config": asdict(head.cfg),
             "state": {k: v.detach().cpu() for k, v in head.state_dict().items()},
             "optimizer": opt.state_dict(), "report": {k: v for k, v in asdict(report).items() if k != "losses"}}
-    tmp = path.with_name(path.name + ".part")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    save_atomic(data, path)
 
 
 def load_checkpoint(path) -> dict:

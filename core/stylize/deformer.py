@@ -261,17 +261,22 @@ def train_surface_deformer(model: MorphableModel, steps: int = 2000, device="cpu
 
 
 # -- files and the cache -------------------------------------------------------------
-def save_deformer(net: SurfaceDeformer, path, model: MorphableModel, info: Optional[DeformerInfo] = None) -> Path:
-    data = {"format": FORMAT, "model_name": model.name, "fingerprint": model_fingerprint(model),
-            **net.state_for_file()}
-    if info is not None:
-        data["info"] = {k: v for k, v in info.__dict__.items()}
+def save_atomic(data: dict, path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never half a file where one was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     torch.save(data, tmp)
     os.replace(tmp, path)
     return path
+
+
+def save_deformer(net: SurfaceDeformer, path, model: MorphableModel, info: Optional[DeformerInfo] = None) -> Path:
+    data = {"format": FORMAT, "model_name": model.name, "fingerprint": model_fingerprint(model),
+            **net.state_for_file()}
+    if info is not None:
+        data["info"] = {k: v for k, v in info.__dict__.items()}
+    return save_atomic(data, path)
 
 
 def load_deformer_file(path) -> dict:

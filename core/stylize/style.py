@@ -21,8 +21,6 @@ saved as a ``.pt`` that is read with ``weights_only=True``.
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +34,7 @@ from ..jobs import ensure_progress
 from ..models.arkit import shape_key_layout
 from ..models.morphable import MorphableModel
 from ..render.shading import vertex_normals
-from .deformer import SurfaceDeformer, load_deformer_file, model_fingerprint, sample_codes
+from .deformer import SurfaceDeformer, load_deformer_file, model_fingerprint, sample_codes, save_atomic
 from .surface import vertex_points
 
 STYLE_FORMAT = "faceforge-style/1"
@@ -93,12 +91,7 @@ class StyleAsset:
         if self.report is not None:
             data["report"] = {k: (v if not isinstance(v, dict) else {a: float(b) for a, b in v.items()})
                               for k, v in asdict(self.report).items()}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-        return path
+        return save_atomic(data, path)
 
     @classmethod
     def load(cls, path) -> "StyleAsset":
