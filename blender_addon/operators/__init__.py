@@ -1,6 +1,7 @@
 """Operators, all under the ``faceforge.`` prefix; long ones are runner.JobOperator subclasses."""
 
-from . import arkit, export, implicit, model, photos, reconstruct, setup, stylize, track, view
+from . import arkit, export, implicit, mesh_codes, model, photos, reconstruct, setup, stylize, track, view
 
 CLASSES = (reconstruct.CLASSES + photos.CLASSES + track.CLASSES + view.CLASSES + export.CLASSES + model.CLASSES
-           + setup.CLASSES + arkit.CLASSES + stylize.CLASSES + implicit.CLASSES)
+           + setup.CLASSES + arkit.CLASSES + stylize.CLASSES + mesh_codes.CLASSES
+           + implicit.CLASSES)

@@ -29,7 +29,7 @@ from ..jobs import ensure_progress
 from ..models.morphable import MorphableModel, axis_angle_to_matrix
 from .deformer import model_fingerprint
 from .diffusion_net import DiffusionNet, MeshOperators, mesh_operators, vertex_normals, vertex_normals_np
-from .remesh import (SurfaceIndex, augment, parts_topology, project_to_surface, sample_expression, similarity,
+from .remesh import (SurfaceIndex, augment, parts_topology, project_to_surface, sample_expression,
                      training_topologies)
 
 FORMAT = "faceforge-mesh-encoder/1"
@@ -593,9 +593,12 @@ def _axis_angle(R: np.ndarray) -> np.ndarray:
     return v * (angle / (2.0 * math.sin(angle)))
 
 
-def rigid_prealign(points: np.ndarray, ref_verts: np.ndarray, ref_faces: np.ndarray, iterations: int = 12) -> tuple:
-    """A rigid (R, t) taking ``points`` onto the reference surface: trimmed point-to-point ICP from a few
-    starts (as given, centred on the reference's box, front faces matched); the best trimmed residual wins."""
+def rigid_prealign(points: np.ndarray, ref_verts: np.ndarray, ref_faces: np.ndarray, iterations: int = 25) -> tuple:
+    """A rigid (R, t) taking ``points`` onto the reference surface, and its score (trimmed mean distance, m):
+    trimmed point-to-plane ICP (plus a little point-to-point) from a few starts (as given, centred on the
+    reference's box, front faces matched); the best score wins."""
+    index = SurfaceIndex(ref_verts, ref_faces)
+    ref_normals = vertex_normals_np(ref_verts, ref_faces)
     lo, hi = ref_verts.min(0), ref_verts.max(0)
     plo, phi = points.min(0), points.max(0)
     starts = [np.zeros(3), 0.5 * (lo + hi) - 0.5 * (plo + phi),
@@ -603,19 +606,35 @@ def rigid_prealign(points: np.ndarray, ref_verts: np.ndarray, ref_faces: np.ndar
                         hi[2] - phi[2]])]
     rng = np.random.default_rng(0)
     sub = points if len(points) <= 1500 else points[rng.choice(len(points), 1500, replace=False)]
+
+    def score_of(R, t):
+        d = np.sort(index.closest(sub @ R.T + t, candidates=8)[2])
+        return float(d[: max(1, int(0.8 * len(d)))].mean())
+
     best = None
     for t0 in starts:
         R, t = np.eye(3), t0.copy()
         for it in range(iterations):
             p = sub @ R.T + t
-            fi, bary, dist = project_to_surface(p, ref_verts, ref_faces, candidates=8)
-            q = (ref_verts[ref_faces[fi]] * bary[:, :, None]).sum(1)
+            fi, bary, dist, q = index.closest(p, candidates=8)
+            n = (ref_normals[ref_faces[fi]] * bary[:, :, None]).sum(1)
+            n /= np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
             keep = dist <= np.percentile(dist, 80)
-            _, R2, t2 = similarity(p[keep], q[keep])
-            R, t = R2 @ R, R2 @ t + t2
-        p = sub @ R.T + t
-        dist = project_to_surface(p, ref_verts, ref_faces, candidates=8)[2]
-        score = float(np.mean(np.sort(dist)[: int(0.8 * len(dist))]))
+            p, q, n = p[keep], q[keep], n[keep]
+            # linearised rigid step: minimise |n.(p + w x p + dt - q)|^2 + 0.1 |p + w x p + dt - q|^2
+            A = [np.concatenate([np.cross(p, n), n], 1)]
+            b = [np.einsum("nc,nc->n", n, q - p)]
+            for c in range(3):
+                ec = np.zeros((len(p), 3))
+                ec[:, c] = 1.0
+                A.append(0.3 * np.concatenate([np.cross(p, ec), ec], 1))
+                b.append(0.3 * (q[:, c] - p[:, c]))
+            u = np.linalg.lstsq(np.concatenate(A), np.concatenate(b), rcond=None)[0]
+            dR = _rodrigues(u[:3])
+            R, t = dR @ R, dR @ t + u[3:]
+            if np.linalg.norm(u[:3]) < 1e-5 and np.linalg.norm(u[3:]) < 1e-6:
+                break
+        score = score_of(R, t)
         if best is None or score < best[0]:
             best = (score, R, t)
     return best[1], best[2], best[0]
@@ -648,7 +667,7 @@ def _box_least_squares(H: np.ndarray, g: np.ndarray, lo: np.ndarray, hi: np.ndar
     return x.numpy()
 
 
-PREALIGN_ABOVE_M = 0.006     # a mesh further than this (trimmed mean) from the mean head is aligned first
+PREALIGN_GAIN = 0.8   # the rigid pre-alignment is used when it brings the mesh this much closer to the mean head
 
 
 def _trimmed_distance(points: np.ndarray, ref_verts: np.ndarray, ref_faces: np.ndarray, keep: float = 0.8) -> float:
@@ -687,7 +706,7 @@ def _boundary_vertices(faces: np.ndarray, n: int) -> np.ndarray:
 
 
 def refine_codes(model: MorphableModel, points: np.ndarray, faces: np.ndarray, shape0: np.ndarray, expr0: np.ndarray,
-                 iterations: int = 12, shape_prior: float = 1.0, expr_prior: float = 0.3,
+                 iterations: int = 12, shape_prior: float = 0.3, expr_prior: float = 3.0,
                  rotation_sigma: float = math.radians(2.0), translation_sigma: float = 0.002,
                  progress=None) -> tuple:
     """Codes + a rigid correction minimising point-to-surface distances both ways between the mesh
@@ -781,7 +800,7 @@ def refine_codes(model: MorphableModel, points: np.ndarray, faces: np.ndarray, s
 
 def fit_codes_to_mesh(model: MorphableModel, verts, faces, encoder: Optional[MeshEncoder] = None,
                       refine_iterations: int = 12, prealign: bool = True, progress=None,
-                      what: str = "The mesh") -> CodesFit:
+                      what: str = "The mesh", shape_prior: float = 0.3, expr_prior: float = 3.0) -> CodesFit:
     """Codes of the model head nearest to a mesh of any topology (a head, roughly aligned with the model:
     metres, y up, facing +z; a face crop works too).
 
@@ -806,12 +825,13 @@ def fit_codes_to_mesh(model: MorphableModel, verts, faces, encoder: Optional[Mes
     R0, t0v = np.eye(3), np.zeros(3)
     skin = parts_topology(model, "skin")
     mean_skin = skin.evaluate(model.v_template.astype(np.float64))
-    as_given = _trimmed_distance(vs, mean_skin, skin.faces)
     moved = False
-    if prealign and as_given > PREALIGN_ABOVE_M:   # not where the model's heads are: align it rigidly first
+    if prealign:     # a mesh away from where the model's heads are (or turned) is aligned rigidly first
         progress.update("aligning the mesh", 0.05)
-        R0, t0v, score = rigid_prealign(vs, mean_skin, skin.faces)
-        moved = True
+        as_given = _trimmed_distance(vs, mean_skin, skin.faces)
+        R_pre, t_pre, score = rigid_prealign(vs, mean_skin, skin.faces)
+        if score < PREALIGN_GAIN * as_given:
+            R0, t0v, moved = R_pre, t_pre, True
     va = vs @ R0.T + t0v
     timings["prealign_s"] = time.perf_counter() - t1
     progress.update("encoding", 0.15)
@@ -840,7 +860,8 @@ def fit_codes_to_mesh(model: MorphableModel, verts, faces, encoder: Optional[Mes
     if refine_iterations > 0:
         sub = progress.sub(0.2, 0.95) if hasattr(progress, "sub") else None
         loose = dict(rotation_sigma=math.radians(10.0), translation_sigma=0.02) if moved else {}
-        s, e, R, t = refine_codes(model, va, fs, s0, e0, iterations=refine_iterations, progress=sub, **loose)
+        s, e, R, t = refine_codes(model, va, fs, s0, e0, iterations=refine_iterations, progress=sub,
+                                  shape_prior=shape_prior, expr_prior=expr_prior, **loose)
     timings["refine_s"] = time.perf_counter() - t2
     err = _stats_mm(distances(s, e, R, t))
     if err["median"] > 5.0:
