@@ -71,14 +71,15 @@ def evaluate(model, enc, n_heads: int = 8, seed: int = 1234) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="ict", help="embedded model name or model file")
-    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--out", default=None, help="output .pt (default weights/mage_encoder_<model>.pt)")
     ap.add_argument("--n-shape", type=int, default=None, help="identity codes to predict (default: all)")
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--blocks", type=int, default=4)
     ap.add_argument("--k-eig", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--calibrations", type=int, default=3, help="closed-form readout solves (start, during, end)")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--calibrations", type=int, default=2,
+                    help="closed-form readout solves before the end one (start, then evenly during training)")
     ap.add_argument("--calibrate-samples", type=int, default=2000)
     ap.add_argument("--meshes-per-step", type=int, default=2)
     ap.add_argument("--codes-per-mesh", type=int, default=4)

@@ -330,13 +330,13 @@ def calibrate_readout(enc: MeshEncoder, model: MorphableModel, pool: list, sampl
     return float(np.mean(errs))
 
 
-def train_encoder(model: MorphableModel, steps: int = 2500, n_shape: Optional[int] = None, width: int = 128,
-                  blocks: int = 4, k_eig: int = 64, lr: float = 3e-4, meshes_per_step: int = 2,
+def train_encoder(model: MorphableModel, steps: int = 3000, n_shape: Optional[int] = None, width: int = 128,
+                  blocks: int = 4, k_eig: int = 64, lr: float = 5e-4, meshes_per_step: int = 2,
                   codes_per_mesh: int = 4, pool_geometries: int = 2, seed: int = 0, progress=None,
                   cancel: Optional[Callable[[], bool]] = None, log: Optional[Callable[[str], None]] = None,
                   init: Optional[MeshEncoder] = None, threads: Optional[int] = None,
                   aux_weight: float = 0.5, log_every: int = 100, topologies: Optional[list] = None,
-                  calibrations: int = 3, calibrate_samples: int = 2000, train_readout: bool = True,
+                  calibrations: int = 2, calibrate_samples: int = 2000, train_readout: bool = True,
                   ridge: float = 1e-3) -> tuple:
     """Train a MeshEncoder for ``model``; returns (encoder, info dict).
 
