@@ -56,16 +56,6 @@ def vertex_normals_np(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return n / length
 
 
-def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Batched area-weighted unit vertex normals: (B, V, 3) vertices, (F, 3) faces -> (B, V, 3)."""
-    v0, v1, v2 = verts[:, faces[:, 0]], verts[:, faces[:, 1]], verts[:, faces[:, 2]]
-    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)                                   # (B, F, 3)
-    n = torch.zeros_like(verts)
-    for c in range(3):
-        n = n.index_add(1, faces[:, c], fn)
-    return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 def tangent_frames(normals: np.ndarray) -> tuple:
     """Two unit tangent axes per vertex, orthogonal to its normal."""
     ref = np.where(np.abs(normals[:, :1]) < 0.9, np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]))

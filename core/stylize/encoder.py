@@ -27,8 +27,9 @@ from torch import nn
 from ..errors import FaceForgeError, JobCancelled, ModelFileError
 from ..jobs import ensure_progress
 from ..models.morphable import MorphableModel, axis_angle_to_matrix
-from .deformer import model_fingerprint
-from .diffusion_net import DiffusionNet, MeshOperators, mesh_operators, vertex_normals, vertex_normals_np
+from ..render.shading import vertex_normals
+from .deformer import model_fingerprint, save_atomic
+from .diffusion_net import DiffusionNet, MeshOperators, mesh_operators, vertex_normals_np
 from .remesh import (SurfaceIndex, augment, parts_topology, project_to_surface, sample_expression,
                      training_topologies)
 
@@ -171,16 +172,9 @@ class MeshEncoder(nn.Module):
 # ----------------------------------------------------------------------------- files
 def save_encoder(encoder: MeshEncoder, path) -> Path:
     """Weights (a state dict of tensors) + the config as plain values; readable with weights_only=True."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "config": asdict(encoder.config),
             "state": {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}}
-    tmp = path.with_name(path.name + ".part")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_atomic(data, path)
 
 
 def load_encoder(path, model: Optional[MorphableModel] = None) -> MeshEncoder:
