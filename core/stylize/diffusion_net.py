@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import FaceForgeError
+from .remesh import torch_sparse
 
 
 @dataclass
@@ -100,13 +101,6 @@ def gradient_matrices(verts: np.ndarray, faces: np.ndarray, normals: np.ndarray)
     return gx, gy
 
 
-def _to_torch_sparse(m: sp.spmatrix) -> torch.Tensor:
-    m = m.tocoo()
-    idx = torch.as_tensor(np.vstack([m.row, m.col]), dtype=torch.long)
-    return torch.sparse_coo_tensor(idx, torch.as_tensor(m.data, dtype=torch.float32), m.shape,
-                                   check_invariants=False).coalesce()
-
-
 def laplacian_eigenbasis(verts: np.ndarray, faces: np.ndarray, k_eig: int):
     """(mass (V,), evals (K,), evecs (V, K)) of the robust (tufted) cotan Laplacian, via shift-invert
     Lanczos. ``robust_laplacian`` handles non-manifold and poorly shaped triangles."""
@@ -149,8 +143,8 @@ def mesh_operators(verts, faces, k_eig: int = 64) -> MeshOperators:
     mass, evals, evecs = laplacian_eigenbasis(v, f, k_eig)
     gx, gy = gradient_matrices(v, f, vertex_normals_np(v, f))
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
-    return MeshOperators(mass=t(mass), evals=t(evals), evecs=t(evecs), grad_x=_to_torch_sparse(gx),
-                         grad_y=_to_torch_sparse(gy))
+    return MeshOperators(mass=t(mass), evals=t(evals), evecs=t(evecs), grad_x=torch_sparse(gx),
+                         grad_y=torch_sparse(gy))
 
 
 # ----------------------------------------------------------------------------- blocks
