@@ -63,6 +63,25 @@ def test_neus_rendering_finds_a_sphere_where_it_is():
     assert float(out2.depth[0]) == pytest.approx(float(out.depth[0]), abs=0.004)
 
 
+def test_surface_rendering_finds_the_sphere_and_shades_one_point_per_pixel():
+    head = SphereHead()
+    box = R.Box(torch.full((3,), -0.2), torch.full((3,), 0.2))
+    grid = R.OccupancyGrid(box, 32)
+    grid.update(lambda x: x.norm(dim=-1) - 0.1, margin=0.0)
+    Rm, t = torch.eye(3), torch.tensor([0.0, 0.0, 1.0])
+    rgb, alpha, depth = R.render_surface(head, 0, torch.zeros(1), Rm, t, 100.0, 50.0, 50.0, 100, 100, box, grid)
+    ys, xs = np.mgrid[0:100, 0:100]
+    # the analytic silhouette: rays whose distance from the centre is under the radius (z = 1 m, r = 0.1)
+    u, v = (xs + 0.5 - 50) / 100.0, (ys + 0.5 - 50) / 100.0
+    disc = (u ** 2 + v ** 2) / (1 + u ** 2 + v ** 2) < 0.1 ** 2
+    got = alpha.numpy() > 0.5
+    assert (got ^ disc).sum() <= 0.02 * disc.sum()                   # only rim pixels may differ
+    dz = 1.0 / math.sqrt(1 + 2 * 0.005 ** 2)                           # pixel (50, 50)'s ray, off-axis by half a pixel
+    exact = dz - math.sqrt(dz ** 2 - 1 + 0.1 ** 2)                      # where it meets the sphere
+    assert float(depth[50, 50]) == pytest.approx(exact, abs=2e-5)      # secant steps: far under the 6 mm sample spacing
+    assert torch.allclose(rgb[50, 50], torch.full((3,), 0.5)) and float(rgb[0, 0].sum()) == 0.0
+
+
 def test_deformation_inversion_reaches_the_canonical_points(ict):
     torch.manual_seed(0)
     head = ImplicitHead(ImplicitConfig(n_frames=2, n_expr=ict.n_expr, centre=(0, 0, 0), half_size=0.2))
@@ -96,6 +115,39 @@ def test_training_checkpoints_and_resumes(ict, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"junk")
     with pytest.raises(ModelFileError):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_preview_renders_any_frame_from_the_checkpoint_alone(ict, tmp_path):
+    """Trained on frames 0, 2, 4 of a clip: a Preview of frame 3 (codes interpolated) and of frame 2 comes
+    from the checkpoint file alone, in the tracked camera, the head where the person is."""
+    from types import SimpleNamespace
+
+    from faceforge.core.pipeline.implicit import clip_record, preview_frame
+    clip = make_clip(ict, n_frames=5, size=32, seed=3)
+    chosen = np.array([0, 2, 4])
+    data = data_from_synthetic(ict, clip)
+    for name in ("images", "masks", "rotation", "translation", "expr", "posed"):
+        setattr(data, name, getattr(data, name)[chosen])
+    track = SimpleNamespace(image_size=(32, 32), rotation=clip.rotation, translation=clip.translation, expr=clip.expr,
+                            valid=np.array([1, 1, 1, 0, 1], bool), focal=clip.focal, cx=clip.cx, cy=clip.cy, fps=25.0,
+                            frame_start=0, video_path="")
+    ck = tmp_path / "clip.ffimplicit.pt"
+    cfg = TrainConfig(steps=2, pretrain_steps=120, rays=64, samples=16)
+    train(data, cfg, checkpoint=str(ck), clip=clip_record(track, chosen))
+    for frame in (2, 3):
+        p = preview_frame(ck, frame, width=64)
+        assert p.rgb.shape == (64, 64, 3) and p.alpha.shape == (64, 64) and p.composite.shape == (64, 64, 3)
+        truth = np.kron(clip.masks[frame], np.ones((2, 2), bool))      # the 32 px mask at 64 px
+        a = p.alpha > 0.5
+        assert (a & truth).sum() / (a | truth).sum() > 0.7, frame    # the morphable start: head without hair
+        assert p.trained_frame == (frame == 2)
+    assert "interpolated" in p.note                                 # frame 3 had no face in the track
+    with pytest.raises(FaceForgeError, match="outside"):
+        preview_frame(ck, 5)
+    old = tmp_path / "old.ffimplicit.pt"
+    train(data, cfg, checkpoint=str(old))                           # no clip record: cannot preview
+    with pytest.raises(FaceForgeError, match="train again"):
+        preview_frame(old, 0)
 
 
 @pytest.mark.slow

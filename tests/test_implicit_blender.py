@@ -60,6 +60,22 @@ def test_implicit_head_from_video_builds_one_animated_object(empty_scene, tmp_pa
         shapes.append(co)
         head.evaluated_get(deps).to_mesh_clear()
     assert len(counts) == 1 and np.abs(shapes[0] - shapes[1]).max() > 1e-5
+    # Preview: the learned head at the current frame, from the checkpoint, into an image
+    # (with the video moved away, so the head is drawn over plain grey and can be told from the frame)
+    scene.frame_set(3)
+    folder.rename(tmp_path / "moved")
+    assert bpy.ops.faceforge.preview_implicit_head(width=48) == {"FINISHED"}
+    (tmp_path / "moved").rename(folder)
+    image = bpy.data.images["FaceForge Preview"]
+    assert tuple(image.size) == (48, 48)
+    px = np.array(image.pixels[:]).reshape(48, 48, 4)[::-1, :, :3]
+    truth = make_clip(load_embedded("ict"), n_frames=T, size=40, seed=3).masks[2]     # scene frame 3 = clip frame 2
+    import cv2
+    truth = cv2.resize(truth.astype(np.uint8), (48, 48), interpolation=cv2.INTER_NEAREST) > 0
+    grey = np.abs(px - 0.25).max(-1) < 1e-3                                            # no video frame: grey behind
+    msg = bpy.context.window_manager.faceforge_job.last_message
+    assert "frame 3" in msg and "could not be read" in msg
+    assert 0 < (~grey).sum() and ((~grey) & truth).sum() / ((~grey) | truth).sum() > 0.6
     # the checkpoint: a second run with more steps resumes where the first stopped
     assert bpy.ops.faceforge.implicit_head_from_video(**dict(kw, steps=64)) == {"FINISHED"}
     assert "resumed at step 60" in bpy.context.window_manager.faceforge_job.last_message

@@ -181,6 +181,8 @@ class FACEFORGE_PT_reconstruct(_Step, bpy.types.Panel):
                 _hint(layout, h)
 
         head = find_head(context)
+        if head is not None and head.get("faceforge_implicit_checkpoint"):
+            layout.operator("faceforge.preview_implicit_head", icon="RENDER_STILL")
         row = layout.row()
         row.enabled = head is not None and camera_of(head) is not None
         row.operator("faceforge.view_photo_camera", text="View Photo Camera", icon="VIEW_CAMERA")  # fits the sidebar

@@ -146,11 +146,18 @@ def pretrain(head: ImplicitHead, data: ImplicitData, box: Box, steps: int, progr
 
 
 # -- checkpoints --------------------------------------------------------------------------------------
-def save_checkpoint(path, head: ImplicitHead, opt, step: int, report: TrainReport) -> None:
+def save_checkpoint(path, head: ImplicitHead, opt, step: int, report: TrainReport, box: Optional[Box] = None,
+                    clip: Optional[dict] = None) -> None:
+    """``box`` and ``clip`` (the track's cameras and codes, see ``pipeline.implicit.clip_record``) let a
+    Preview render any frame of the clip from the checkpoint alone."""
     from ..stylize.deformer import save_atomic
     data = {"format": CHECKPOINT_FORMAT, "step": int(step), "config": asdict(head.cfg),
             "state": {k: v.detach().cpu() for k, v in head.state_dict().items()},
             "optimizer": opt.state_dict(), "report": {k: v for k, v in asdict(report).items() if k != "losses"}}
+    if box is not None:
+        data["box"] = {"lo": box.lo.detach().cpu(), "hi": box.hi.detach().cpu()}
+    if clip is not None:
+        data["clip"] = clip
     save_atomic(data, path)
 
 
@@ -165,7 +172,8 @@ def load_checkpoint(path) -> dict:
 
 
 def head_from_checkpoint(path, device="cpu") -> ImplicitHead:
-    data = load_checkpoint(path)
+    """The trained head of a checkpoint file (or of one already read with ``load_checkpoint``)."""
+    data = path if isinstance(path, dict) else load_checkpoint(path)
     cfg = dict(data["config"])
     cfg["centre"] = tuple(cfg["centre"])
     head = ImplicitHead(ImplicitConfig(**cfg))
@@ -175,8 +183,9 @@ def head_from_checkpoint(path, device="cpu") -> ImplicitHead:
 
 # -- training -----------------------------------------------------------------------------------------
 def train(data: ImplicitData, cfg: Optional[TrainConfig] = None, device="cpu", progress=None,
-          checkpoint: Optional[str] = None) -> tuple:
-    """Train (or resume from ``checkpoint`` when it exists) and return ``(head, box, grid, report)``."""
+          checkpoint: Optional[str] = None, clip: Optional[dict] = None) -> tuple:
+    """Train (or resume from ``checkpoint`` when it exists) and return ``(head, box, grid, report)``.
+    ``clip`` is stored in every checkpoint (what a Preview needs besides the head)."""
     cfg = cfg or TrainConfig()
     progress = ensure_progress(progress)
     device = torch.device(device)
@@ -249,7 +258,7 @@ def train(data: ImplicitData, cfg: Optional[TrainConfig] = None, device="cpu", p
         last = {k: float(v.detach()) for k, v in terms.items()}
         if checkpoint and (step + 1) % cfg.checkpoint_every == 0:
             report.steps = step + 1
-            save_checkpoint(checkpoint, head, opt, step + 1, report)
+            save_checkpoint(checkpoint, head, opt, step + 1, report, box, clip)
         if step % 10 == 0 or step == cfg.steps - 1:
             train_progress.update(f"Training the implicit head ({step + 1}/{cfg.steps}, "
                                   f"photometric {last['photometric']:.3f})", (step + 1 - start) / max(1, cfg.steps - start))
@@ -260,7 +269,7 @@ def train(data: ImplicitData, cfg: Optional[TrainConfig] = None, device="cpu", p
     report.rendered_fraction = evaluated / max(total, 1)
     report.losses = last
     if checkpoint:
-        save_checkpoint(checkpoint, head, opt, cfg.steps, report)
+        save_checkpoint(checkpoint, head, opt, cfg.steps, report, box, clip)
     head.eval()
     grid.update(head.canonical_sdf, margin=0.02)
     return head, box, grid, report

@@ -6,6 +6,9 @@
    person mask (mediapipe's selfie segmentation: hair included);
 3. training (``implicit.train``), resumable from ``checkpoint``;
 4. the canonical surface (octree extraction + marching cubes) moved into every tracked frame.
+
+``preview_frame`` renders the learned head for any frame of the clip from its checkpoint alone (the
+checkpoint keeps the head's box and the track's cameras and codes), by direct surface rendering.
 """
 
 from __future__ import annotations
@@ -107,10 +110,25 @@ def build_data(video, track, model, size: int = 96, max_frames: int = 40, progre
     return data, chosen
 
 
+def clip_record(track, chosen: np.ndarray) -> dict:
+    """What a Preview needs of the clip, stored in the checkpoint (tensors, numbers and strings only, so
+    it loads with ``weights_only=True``): the training frames and every frame's camera and codes."""
+    import torch
+    H, W = track.image_size
+    return {"frames": torch.as_tensor(np.asarray(chosen, np.int64)),
+            "rotation": torch.as_tensor(track.rotation, dtype=torch.float32),
+            "translation": torch.as_tensor(track.translation, dtype=torch.float32),
+            "expr": torch.as_tensor(track.expr, dtype=torch.float32),
+            "valid": torch.as_tensor(np.asarray(track.valid, bool)),
+            "focal": float(track.focal), "cx": float(track.cx), "cy": float(track.cy), "height": int(H),
+            "width": int(W), "fps": float(track.fps), "frame_start": int(track.frame_start),
+            "video": str(track.video_path or "")}
+
+
 def implicit_head_from_data(data, config=None, device="cpu", progress=None, checkpoint: Optional[str] = None,
-                            resolution: int = 128, invert: bool = True):
+                            resolution: int = 128, invert: bool = True, clip: Optional[dict] = None):
     """Train on ``data``, extract the canonical surface, move it into every training frame (``invert``;
-    else ``meshes`` is ``(verts, faces)`` of the canonical surface)."""
+    else ``meshes`` is ``(verts, faces)`` of the canonical surface). ``clip``: see ``clip_record``."""
     import torch
 
     from ..implicit.extract import extract_surface
@@ -120,7 +138,7 @@ def implicit_head_from_data(data, config=None, device="cpu", progress=None, chec
     timings = {}
     t0 = time.perf_counter()
     head, box, grid, report = train(data, config, device=device, progress=progress.sub(0.0, 0.8),
-                                    checkpoint=checkpoint)
+                                    checkpoint=checkpoint, clip=clip)
     timings["train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     progress.update("Extracting the surface", 0.8)
@@ -191,7 +209,7 @@ def implicit_head_from_video(video, model=None, track_path: Optional[str] = None
     timings["data_s"] = time.perf_counter() - t0
     head, _, (verts, faces), report, stats, more = implicit_head_from_data(
         data, config, device=dev, progress=progress.sub(0.2, 0.85), checkpoint=checkpoint, resolution=resolution,
-        invert=False)
+        invert=False, clip=clip_record(track, chosen))
     timings.update(more)
     # every frame of the clip, not only the training ones: latents between training frames are interpolated
     t0 = time.perf_counter()
@@ -239,3 +257,73 @@ def implicit_rig(result: ImplicitResult, name: str = "ImplicitHead", tolerance_m
                                                    "train_s": round(result.timings.get("train_s", 0.0), 1),
                                                    "inversion_residual_mm": float(result.meshes.residual_mm.mean())}})
     return rig, basis
+
+
+@dataclass
+class Preview:
+    frame: int                  # clip frame (0 = the track's first frame)
+    rgb: np.ndarray             # (H, W, 3) float in [0, 1], the head alone
+    alpha: np.ndarray           # (H, W) 1 where the head is
+    composite: np.ndarray       # (H, W, 3) the head over the video frame (grey when the video is unreadable)
+    seconds: float              # rendering time
+    trained_frame: bool         # a training frame (else its codes are interpolated)
+    note: str = ""
+
+
+def preview_frame(checkpoint, frame: int, width: int = 256, device="cpu", video: Optional[str] = None) -> Preview:
+    """The learned head for ``frame`` of the clip, as the tracked camera saw it, ``width`` pixels wide.
+
+    The frame's per-frame codes (deformation latent, appearance code, SH light) are interpolated
+    between the training frames around it; its expression and head pose are the track's."""
+    import cv2
+    import torch
+
+    from ..device import resolve_device
+    from ..implicit.render import Box, OccupancyGrid, render_surface
+    from ..implicit.train import head_from_checkpoint, load_checkpoint
+    saved = load_checkpoint(checkpoint)
+    clip = saved.get("clip")
+    if clip is None or "box" not in saved:
+        raise FaceForgeError(f"{Path(str(checkpoint)).name} was written before previews were possible or by a run "
+                             f"that did not finish its first save: train again (it resumes) to preview it.")
+    n = int(clip["expr"].shape[0])
+    if not 0 <= int(frame) < n:
+        raise FaceForgeError(f"Frame {frame} is outside the clip's {n} tracked frames (0-{n - 1}).")
+    dev = torch.device(resolve_device(device))
+    head = head_from_checkpoint(saved, dev)
+    box = Box(saved["box"]["lo"], saved["box"]["hi"]).to(dev)
+    trained = clip["frames"].numpy()
+    # the preview is drawn into slot 0 of this (private) head: its codes, interpolated to ``frame``
+    with torch.no_grad():
+        for table in (head.latents, head.appearance_codes, head.sh):
+            flat = table.detach().reshape(len(trained), -1).cpu().numpy()
+            row = [np.interp(frame, trained, flat[:, j]) for j in range(flat.shape[1])]
+            table.data[0] = torch.as_tensor(np.asarray(row, np.float32), device=dev).reshape(table.shape[1:])
+    grid = OccupancyGrid(box, 32)
+    grid.update(head.canonical_sdf, margin=0.02)
+    H, W = int(clip["height"]), int(clip["width"])
+    scale = width / W
+    h = max(1, int(round(H * scale)))
+    t0 = time.perf_counter()
+    rgb, alpha, _ = render_surface(head, 0, clip["expr"][frame], clip["rotation"][frame], clip["translation"][frame],
+                                   clip["focal"] * scale, clip["cx"] * scale, clip["cy"] * scale, h, width, box, grid)
+    seconds = time.perf_counter() - t0
+    rgb, alpha = rgb.cpu().numpy(), alpha.cpu().numpy()
+    background, note = None, ""
+    path = video or clip.get("video")
+    if path:
+        try:
+            from ..track.video import open_frames
+            index = int(clip["frame_start"]) + int(frame)
+            for _, image in open_frames(path, clip["fps"]).frames(index, index + 1):
+                background = cv2.resize(image, (width, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        except Exception as exc:  # noqa: BLE001 - the preview still shows the head
+            note = f"the video frame could not be read ({exc})"
+    if background is None:
+        background = np.full((h, width, 3), 0.25, np.float32)
+        note = note or "no video frame behind the head"
+    composite = rgb * alpha[..., None] + background * (1.0 - alpha[..., None])
+    if not bool(clip["valid"][frame]):
+        note = "; ".join(x for x in (note, "no face was tracked in this frame: its pose is interpolated") if x)
+    return Preview(frame=int(frame), rgb=rgb, alpha=alpha, composite=composite.astype(np.float32), seconds=seconds,
+                   trained_frame=bool(np.isin(frame, trained)), note=note)
