@@ -12,6 +12,8 @@ With Blender as a Python module (``pip install bpy``), as the ``faceforge`` cons
     faceforge track clip.mp4 --out head.fbx --glb head.glb --start 0 --end 240 --track-file clip.fftrack.npz
     faceforge import-track clip.fftrack.npz --out head.fbx
     faceforge import-arkit head.blend take.csv --out head.fbx      (or a photo instead of head.blend)
+    faceforge implicit clip.mp4 --track-file clip.fftrack.npz --steps 3000 --out head.fbx --glb head.glb
+    faceforge preview-implicit head.ffimplicit.pt --frame 40 --out frame40.png
     python blender_addon/cli.py reconstruct photo.jpg --out head.fbx
     faceforge model-info generic_model.pkl
 
@@ -104,6 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--fps", type=float, default=0.0, help="the recording's frame rate (default: from its timecodes)")
     a.add_argument("--no-head-rotation", action="store_true", help="key the shape keys only")
     _add_engine_args(a)
+    im = sub.add_parser("implicit", help="learn the whole head (hair included) from a video as a neural surface",
+                        description="Implicit Head from Video: track the clip (or read --track-file), learn the "
+                                    "person's head as a neural SDF, extract it once and move it into every frame; "
+                                    "export one animated mesh of a single topology. Training is saved to "
+                                    "--checkpoint and resumes from it (after a crash or Ctrl+C, run again).")
+    im.add_argument("video", help="video file or a folder of frames")
+    _add_outputs(im, "one mesh, its per-frame shapes as keyed blendshapes, the head motion on a root bone")
+    im.add_argument("--track-file", metavar="CLIP.fftrack.npz", default="",
+                    help="a saved track of this video (default: track it first)")
+    im.add_argument("--checkpoint", metavar="HEAD.ffimplicit.pt", default="",
+                    help="training checkpoint to write / resume (default: beside the first output)")
+    im.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    im.add_argument("--size", type=int, default=96, help="training crop size in pixels (default 96)")
+    im.add_argument("--frames", type=int, default=40, help="training frames spread over the clip (default 40)")
+    im.add_argument("--resolution", type=int, default=128, help="surface extraction cells per axis (default 128)")
+    _add_engine_args(im)
+    pv = sub.add_parser("preview-implicit", help="render a learned implicit head at one frame (PNG)",
+                        description="Render the head in an implicit-head checkpoint at one clip frame from the "
+                                    "tracked camera, over the video frame when it can be read.")
+    pv.add_argument("checkpoint", metavar="HEAD.ffimplicit.pt")
+    pv.add_argument("--frame", type=int, default=0, help="clip frame, counted from the track's first (default 0)")
+    pv.add_argument("--width", type=int, default=320, help="image width in pixels (default 320)")
+    pv.add_argument("--out", metavar="FRAME.png", required=True, help="the PNG to write")
+    pv.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    pv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
     st = sub.add_parser("apply-style", help="put a learned style (.ffstyle.pt) on a FaceForge head and export it",
                         description="Open a .blend holding a FaceForge head (its active or first head), add the "
                                     "stylized copy (stylized shape keys, same rig and animation) and export it.")
@@ -323,6 +350,57 @@ def track(args, parser) -> int:
     return _write_outputs(bpy, args, [saved])
 
 
+def implicit(args, parser) -> int:
+    import bpy
+    _check_outputs(parser, args)
+    if min(args.steps, args.size, args.frames, args.resolution) < 2:
+        parser.error("--steps, --size, --frames and --resolution must be at least 2")
+    if args.track_file and not os.path.isfile(args.track_file):
+        parser.error(f"--track-file {args.track_file} does not exist")
+    video = os.path.abspath(args.video)
+    first = next(p for p in (args.out, args.glb, args.blend) if p)
+    checkpoint = os.path.abspath(args.checkpoint or os.path.splitext(first)[0] + ".ffimplicit.pt")
+    register_addon()
+    _clear_startup_scene(bpy)
+    print(f"FaceForge: implicit head from {video} ({args.steps} steps, {args.frames} frames at {args.size} px, "
+          f"checkpoint {checkpoint})", flush=True)
+    if not _run_operator(bpy, lambda: bpy.ops.faceforge.implicit_head_from_video(
+            filepath=video, track_file=os.path.abspath(args.track_file) if args.track_file else "",
+            model=_model_arg(args.model), device=args.device.upper(), steps=args.steps, size=args.size,
+            max_frames=args.frames, resolution=args.resolution, checkpoint=checkpoint)):
+        return EXIT_ERROR
+    return _write_outputs(bpy, args, [checkpoint])
+
+
+def preview_implicit(args, parser) -> int:
+    import cv2
+    import numpy as np
+    _check_ext(parser, args.out, ".png", "--out")
+    if os.path.exists(args.out) and not args.overwrite:
+        parser.error(f"{args.out} already exists: pass --overwrite to replace it (nothing was written)")
+    if args.width < 16:
+        parser.error("--width must be at least 16")
+    engine = importlib.import_module(f"{addon_package().__name__}.engine")
+    core = engine.core
+    implicit_mod = importlib.import_module(f"{core.__name__}.pipeline.implicit")
+    try:
+        p = implicit_mod.preview_frame(os.path.abspath(args.checkpoint), args.frame, width=args.width,
+                                       device=args.device)
+    except core.errors.FaceForgeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    out = os.path.abspath(args.out)
+    img = (np.clip(p.composite, 0, 1) * 255).round().astype(np.uint8)[..., ::-1]
+
+    def write_png(tmp):
+        if not cv2.imwrite(tmp, img):
+            raise OSError(f"could not write {out}")
+    _atomic(out, write_png)
+    print(f"FaceForge: frame {p.frame} rendered in {p.seconds:.2f} s -> {out}"
+          + (f" ({p.note})" if p.note else ""), flush=True)
+    return EXIT_OK
+
+
 def import_track(args, parser) -> int:
     import bpy
     _check_outputs(parser, args)
@@ -451,6 +529,10 @@ def main(args=None) -> int:
             return track(args, parser)
         if args.command == "import-track":
             return import_track(args, parser)
+        if args.command == "implicit":
+            return implicit(args, parser)
+        if args.command == "preview-implicit":
+            return preview_implicit(args, parser)
         if args.command == "import-arkit":
             return import_arkit(args, parser)
         if args.command == "model-info":

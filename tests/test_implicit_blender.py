@@ -92,3 +92,32 @@ def test_a_track_of_another_video_is_refused(empty_scene, tmp_path):
         bpy.ops.faceforge.implicit_head_from_video(filepath=str(other), track_file=str(track), steps=2, size=16,
                                                    max_frames=2, resolution=32)
     assert sorted(o.name for o in bpy.data.objects) == before
+
+
+def test_cli_implicit_head_then_preview(tmp_path):
+    """``faceforge implicit`` writes the GLB and the checkpoint beside it; ``faceforge preview-implicit``
+    renders a frame of it to a PNG and never overwrites one unless told."""
+    import subprocess
+    import sys
+
+    import cv2
+    from tests.test_addon import ROOT
+    folder, track, T = clip_on_disk(tmp_path)
+    cli = [sys.executable, str(ROOT / "blender_addon" / "cli.py")]
+    glb = tmp_path / "out" / "head.glb"
+    r = subprocess.run(cli + ["implicit", folder, "--track-file", track, "--steps", "30", "--size", "24", "--frames", "4",
+                              "--resolution", "32", "--glb", glb], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ck = tmp_path / "out" / "head.ffimplicit.pt"
+    assert glb.stat().st_size > 10_000 and ck.is_file()
+    png = tmp_path / "frame2.png"
+    r = subprocess.run(cli + ["preview-implicit", ck, "--frame", "2", "--width", "40", "--out", png],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert cv2.imread(str(png)).shape == (40, 40, 3) and "frame 2 rendered" in r.stdout
+    r = subprocess.run(cli + ["preview-implicit", ck, "--frame", "2", "--out", png], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "already exists" in r.stderr
+    r = subprocess.run(cli + ["preview-implicit", ck, "--frame", str(T), "--out", tmp_path / "x.png"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "outside the clip" in r.stderr and not (tmp_path / "x.png").exists()

@@ -52,6 +52,9 @@ class FACEFORGE_OT_implicit_head_from_video(BrowseFirst, EngineOptions, JobOpera
                             description="Frames spread over the clip that the head is learned from")
     resolution: IntProperty(name="Mesh Resolution", min=32, max=512, default=128,
                             description="Cells per axis of the surface extraction")
+    checkpoint: StringProperty(name="Checkpoint", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
+                               description="Where training is saved and resumed from; empty: <video>"
+                                           + CHECKPOINT_SUFFIX + " next to the .blend file (or in the temp folder)")
 
     def prepare(self, context):
         errors = core.errors
@@ -63,7 +66,8 @@ class FACEFORGE_OT_implicit_head_from_video(BrowseFirst, EngineOptions, JobOpera
             raise errors.InputError(f"The track file '{track}' does not exist.")
         model = self.model_spec(context)
         device = self.device_name(context)
-        checkpoint = os.path.join(paths.output_dir(), paths.media_stem(video) + CHECKPOINT_SUFFIX)
+        checkpoint = (bpy.path.abspath(self.checkpoint) if self.checkpoint
+                      else os.path.join(paths.output_dir(), paths.media_stem(video) + CHECKPOINT_SUFFIX))
         steps, size, frames, resolution = int(self.steps), int(self.size), int(self.max_frames), int(self.resolution)
         self._video, self._checkpoint = video, checkpoint
 
