@@ -5,10 +5,14 @@ expression moves points); *canonical* = the person's neutral head. For a frame t
 
     x_c, f = x + D(x, e_t, l_t)        backward deformation: expression code e_t (tracked), latent l_t
     s, h  = G(x_c, f)                   signed distance (metres, negative inside) and a feature
-    rgb   = A(h, n, a_t) * SH_t(n)      albedo from the feature, normal and an appearance code, shaded
+    rgb   = A(h, P(x_c), n, a_t) * SH_t(n)   albedo from the feature, the canonical point, the normal and an
+                                        appearance code, shaded
 
 D returns extra features f that feed G (MonoNPHM reports they matter: they let geometry that
 the deformation cannot explain, e.g. hair swinging, still depend on the frame).
+
+The albedo net also sees the canonical point's own Fourier features P(x_c) (as IDR's rendering
+network sees x): through the geometry feature alone, skin detail (brows, lips, eyes) came out blurred.
 
 Positional encoding: Fourier features (cheap on a CPU). A multiresolution hash grid pays off only on
 a GPU with its own kernels; it is not used here (see the README's GPU notes).
@@ -63,6 +67,7 @@ class ImplicitConfig:
     deform_layers: int = 2
     geometry_frequencies: int = 6
     deform_frequencies: int = 4
+    colour_frequencies: int = 8   # of the canonical point, into the albedo net (0: none, as before)
 
 
 class ImplicitHead(nn.Module):
@@ -78,7 +83,9 @@ class ImplicitHead(nn.Module):
             self.deform[-1].bias.zero_()
         self.geometry = _mlp(self.pe_geometry.out_dim + cfg.deform_features, cfg.hidden, cfg.geometry_layers,
                              1 + cfg.geometry_features)
-        self.appearance = _mlp(cfg.geometry_features + 3 + cfg.appearance_dim, 64, 2, 3, act=nn.SiLU)
+        self.pe_colour = Fourier(cfg.colour_frequencies, cfg.centre, cfg.half_size) if cfg.colour_frequencies else None
+        colour_in = self.pe_colour.out_dim if self.pe_colour is not None else 0
+        self.appearance = _mlp(cfg.geometry_features + colour_in + 3 + cfg.appearance_dim, 64, 2, 3, act=nn.SiLU)
         self.latents = nn.Parameter(torch.zeros(cfg.n_frames, cfg.latent_dim))
         self.appearance_codes = nn.Parameter(torch.zeros(cfg.n_frames, cfg.appearance_dim))
         sh = torch.zeros(cfg.n_frames, 9, 3)
@@ -93,11 +100,12 @@ class ImplicitHead(nn.Module):
         return x + 0.05 * out[:, :3], out[:, 3:]
 
     def sdf(self, xc: torch.Tensor, features: torch.Tensor = None) -> tuple:
-        """Canonical points -> (signed distance (N,), feature (N, C))."""
+        """Canonical points -> (signed distance (N,), feature (N, C): the geometry net's, then P(x_c))."""
         if features is None:
             features = torch.zeros(xc.shape[0], self.cfg.deform_features, device=xc.device)
         out = self.geometry(torch.cat([self.pe_geometry(xc), features], -1))
-        return out[:, 0], out[:, 1:]
+        h = out[:, 1:] if self.pe_colour is None else torch.cat([out[:, 1:], self.pe_colour(xc)], -1)
+        return out[:, 0], h
 
     def canonical_sdf(self, xc: torch.Tensor) -> torch.Tensor:
         """The neutral head's SDF (what extraction reads): the deformation features of the canonical frame."""
@@ -115,6 +123,18 @@ class ImplicitHead(nn.Module):
     def albedo(self, feature: torch.Tensor, normal: torch.Tensor, frame: int = 0) -> torch.Tensor:
         code = self.appearance_codes[frame].expand(feature.shape[0], -1)
         return torch.sigmoid(self.appearance(torch.cat([feature, normal, code], -1)))
+
+    @torch.no_grad()
+    def interpolate_codes(self, trained, frame: float, slot: int = 0) -> None:
+        """Write into frame ``slot`` the per-frame codes (deformation latent, appearance code, SH light) of
+        clip frame ``frame``, linearly interpolated between the training frames ``trained`` (sorted clip
+        indices, one per slot): how a frame that was not trained on is rendered or meshed."""
+        import numpy as np
+        trained = np.asarray(trained, np.float64)
+        for table in (self.latents, self.appearance_codes, self.sh):
+            flat = table.detach().reshape(len(trained), -1).cpu().numpy()
+            row = np.array([np.interp(frame, trained, flat[:, j]) for j in range(flat.shape[1])], np.float32)
+            table.data[slot] = torch.as_tensor(row, device=table.device).reshape(table.shape[1:])
 
     @property
     def inv_s(self) -> torch.Tensor:

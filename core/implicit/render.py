@@ -151,13 +151,13 @@ def render_image(head, frame: int, expr: torch.Tensor, R: torch.Tensor, t: torch
 @torch.no_grad()
 def render_surface(head, frame: int, expr: torch.Tensor, R: torch.Tensor, t: torch.Tensor, focal: float, cx: float,
                    cy: float, height: int, width: int, box: Box, grid: Optional[OccupancyGrid] = None,
-                   n_samples: int = 64, refine_steps: int = 5, chunk: int = 16384) -> tuple:
+                   n_samples: int = 64, refine_steps: int = 5, chunk: int = 65536, block: int = 8) -> tuple:
     """Fast direct rendering of the learned head (after MonoPort's real-time display): find where each ray
     first crosses the zero level (SDF only, no gradients, the occupancy grid skipping empty and solid
-    space), sharpen it by a few secant steps, then shade that one point per pixel. Volume rendering
-    shades every sample with gradients; this shades one. Returns ``(rgb (H, W, 3), alpha (H, W) of 0/1,
-    depth (H, W) along the ray, inf where there is no head)``; only pixels whose rays meet the box are
-    traced."""
+    space, a ray no longer evaluated once it is inside), sharpen it by a few secant steps, then shade
+    that one point per pixel. Volume rendering shades every sample with gradients; this shades one.
+    Returns ``(rgb (H, W, 3), alpha (H, W) of 0/1, depth (H, W) along the ray, inf where there is no
+    head)``; only pixels whose rays meet the box are traced, ``chunk`` samples at a time."""
     dev = box.lo.device
     ys, xs = torch.meshgrid(torch.arange(height, device=dev), torch.arange(width, device=dev), indexing="ij")
     pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).float()
@@ -173,23 +173,32 @@ def render_surface(head, frame: int, expr: torch.Tensor, R: torch.Tensor, t: tor
         return head.observed(x, frames, e_row.expand(x.shape[0], -1), with_normals=False)[0]
 
     steps = (torch.arange(n_samples, device=dev).float() + 0.5) / n_samples
-    for ids in rays.split(max(1, chunk // n_samples)):
+    for ids in rays.split(max(1, chunk // block)):
         o, d, near, far = o_all[ids], d_all[ids], near_all[ids], far_all[ids]
         ts = near[:, None] + (far - near)[:, None] * steps[None]                    # (N, S)
-        x = (o[:, None] + ts[..., None] * d[:, None]).reshape(-1, 3)
-        s = torch.ones(x.shape[0], device=dev)
-        live = torch.ones_like(s, dtype=torch.bool)
-        if grid is not None:
-            state = grid.lookup(x)
-            s[state < 0] = -1.0
-            live = state == 1
-        if live.any():
-            s[live] = sdf_at(x[live])
-        s = s.reshape(-1, n_samples)
-        inside = s < 0
-        found = inside.any(1)
-        first = inside.float().argmax(1)                                           # first sample inside
-        found &= first > 0                                                         # camera inside: no crossing
+        s = torch.ones_like(ts)
+        first = torch.full((len(ids),), -1, dtype=torch.long, device=dev)          # first sample inside
+        # march in blocks from the camera; a ray stops being evaluated once it has gone inside
+        for b0 in range(0, n_samples, block):
+            todo = torch.nonzero(first < 0).squeeze(1)
+            if not len(todo):
+                break
+            tb = ts[todo, b0:b0 + block]
+            x = (o[todo, None] + tb[..., None] * d[todo, None]).reshape(-1, 3)
+            sb = torch.ones(x.shape[0], device=dev)
+            live = torch.ones_like(sb, dtype=torch.bool)
+            if grid is not None:
+                state = grid.lookup(x)
+                sb[state < 0] = -1.0
+                live = state == 1
+            if live.any():
+                sb[live] = sdf_at(x[live])
+            sb = sb.reshape(len(todo), -1)
+            s[todo, b0:b0 + block] = sb
+            inside = sb < 0
+            hit = inside.any(1)
+            first[todo[hit]] = b0 + inside[hit].float().argmax(1)
+        found = first > 0                                                          # 0: the camera is inside
         if not found.any():
             continue
         r = torch.nonzero(found).squeeze(1)

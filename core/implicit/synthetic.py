@@ -72,10 +72,19 @@ def hair_offsets(model: MorphableModel, neutral: np.ndarray, hair_mm: float) -> 
     return (hair_mm / 1000.0) * w[:, None] * n
 
 
+def clip_light() -> torch.Tensor:
+    """The synthetic clip's SH light (9, 3): ambient, a key from above and the front."""
+    from ..render.shading import A0, A1, C0, C1
+    sh = torch.zeros(9, 3)
+    sh[0] = 0.8 / (A0 * C0)
+    sh[2] = -0.5 / (A1 * C1)
+    sh[1] = -0.2 / (A1 * C1)
+    return sh
+
+
 def make_clip(model: MorphableModel, n_frames: int = 24, size: int = 64, seed: int = 0, hair_mm: float = 15.0,
               bun: bool = True) -> SyntheticClip:
     from ..render import render
-    from ..render.shading import A0, A1, C0, C1
     rng = np.random.default_rng(seed)
     shape = (rng.standard_normal(model.n_shape) * 0.6).astype(np.float32)
     neutral = model.v_template + np.einsum("vck,k->vc", model.shape_basis, shape)
@@ -118,10 +127,7 @@ def make_clip(model: MorphableModel, n_frames: int = 24, size: int = 64, seed: i
     hair_col = np.array([0.25, 0.16, 0.1])
     albedo[: model.n_vertices] = albedo[: model.n_vertices] * (1 - hair_w[:, None]) + hair_col * hair_w[:, None]
     albedo[model.n_vertices:] = hair_col
-    sh = torch.zeros(1, 9, 3)
-    sh[:, 0] = 0.8 / (A0 * C0)
-    sh[:, 2] = -0.5 / (A1 * C1)
-    sh[:, 1] = -0.2 / (A1 * C1)
+    sh = clip_light()[None]
     images, masks, frames = [], [], []
     for f in range(T):
         v = neutral + np.einsum("vck,k->vc", model.expr_basis, expr[f]) + hair

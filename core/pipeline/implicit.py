@@ -293,12 +293,7 @@ def preview_frame(checkpoint, frame: int, width: int = 256, device="cpu", video:
     head = head_from_checkpoint(saved, dev)
     box = Box(saved["box"]["lo"], saved["box"]["hi"]).to(dev)
     trained = clip["frames"].numpy()
-    # the preview is drawn into slot 0 of this (private) head: its codes, interpolated to ``frame``
-    with torch.no_grad():
-        for table in (head.latents, head.appearance_codes, head.sh):
-            flat = table.detach().reshape(len(trained), -1).cpu().numpy()
-            row = [np.interp(frame, trained, flat[:, j]) for j in range(flat.shape[1])]
-            table.data[0] = torch.as_tensor(np.asarray(row, np.float32), device=dev).reshape(table.shape[1:])
+    head.interpolate_codes(trained, frame, slot=0)      # drawn as slot 0 of this private head
     grid = OccupancyGrid(box, 32)
     grid.update(head.canonical_sdf, margin=0.02)
     H, W = int(clip["height"]), int(clip["width"])
