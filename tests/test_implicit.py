@@ -185,3 +185,43 @@ def test_training_converges_on_a_synthetic_clip(ict):
     assert end[0] >= start[0] + 3.0 and end[1] >= 0.9, (start, end)
     assert meshes.frames.shape[0] == 8 and meshes.frames.shape[1:] == meshes.canonical.shape
     assert float(meshes.residual_mm.max()) < 0.05
+
+
+def test_hash_grid_encoding_is_a_smooth_twice_differentiable_trilinear_blend():
+    from faceforge.core.implicit.model import HashGrid
+    torch.manual_seed(0)
+    enc = HashGrid((0.0, 0.0, 0.0), 0.2, levels=4, features=2, log2_size=10, base=4, finest=64).double()
+    with torch.no_grad():
+        enc.tables.normal_()
+    assert enc.resolutions == [4, 10, 25, 64] and enc.out_dim == 3 + 4 * 2
+    x = (torch.rand(6, 3, dtype=torch.float64) - 0.5) * 0.3
+    # continuous: no jumps between nearby points (also across cell borders), exact on the raw coordinates
+    y = enc(x)
+    assert torch.allclose(y[:, :3], x / 0.2) and (enc(x + 1e-7) - y).abs().max() < 1e-3
+    # first and second derivatives (the eikonal term needs both) agree with finite differences
+    xg = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: enc(p).sum(-1), (xg,))
+    assert torch.autograd.gradgradcheck(lambda p: enc(p).pow(2).sum(-1), (xg,))
+    # coarse levels index densely (no collisions); the finest (65^3 corners > 2^10) hashes into the table
+    ijk = torch.tensor([[[3, 2, 1]]])
+    assert int(enc._index(ijk, 4)) == (3 * 5 + 2) * 5 + 1 and 0 <= int(enc._index(ijk, 64)) < 2 ** 10
+
+
+def test_hash_encoded_head_learns_the_morphable_sdf_and_is_kept_apart_from_fourier_checkpoints(ict, tmp_path):
+    """The GPU encoding trains on a CPU too: pretraining fits the tracked head's SDF; a checkpoint of one
+    encoding is not resumed by a run of the other."""
+    from faceforge.core.implicit.train import head_from_checkpoint, mesh_sdf_samples
+    clip = make_clip(ict, n_frames=2, size=24, seed=1)
+    data = data_from_synthetic(ict, clip)
+    ck = tmp_path / "hash.ffimplicit.pt"
+    cfg = TrainConfig(steps=2, pretrain_steps=150, rays=64, samples=16, encoding="hash")
+    head, box, _, _ = train(data, cfg, checkpoint=str(ck))
+    assert head.cfg.encoding == "hash"
+    q, s = mesh_sdf_samples(data.neutral, data.faces, 4000, np.random.default_rng(5), box)
+    with torch.no_grad():
+        err = (head_from_checkpoint(ck).canonical_sdf(q) - s).abs()
+    near = s.abs() < 0.01
+    assert float(err[near].median()) < 0.004, float(err[near].median())        # metres, by the surface
+    with pytest.raises(FaceForgeError, match="encoding"):
+        train(data, TrainConfig(steps=4, pretrain_steps=2, rays=64, samples=16, encoding="fourier"),
+              checkpoint=str(ck))

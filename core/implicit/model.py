@@ -14,8 +14,9 @@ the deformation cannot explain, e.g. hair swinging, still depend on the frame).
 The albedo net also sees the canonical point's own Fourier features P(x_c) (as IDR's rendering
 network sees x): through the geometry feature alone, skin detail (brows, lips, eyes) came out blurred.
 
-Positional encoding: Fourier features (cheap on a CPU). A multiresolution hash grid pays off only on
-a GPU with its own kernels; it is not used here (see the README's GPU notes).
+Positional encoding of the geometry net: Fourier features on a CPU (cheap, smooth); a multiresolution
+hash grid (Instant-NGP, ``HashGrid``, plain torch) on a GPU, where its many small table lookups are
+cheap and it learns detail in far fewer steps. ``TrainConfig.encoding`` = "auto" picks by device.
 """
 
 from __future__ import annotations
@@ -43,6 +44,50 @@ class Fourier(nn.Module):
         return torch.cat([q, a.sin().flatten(-2), a.cos().flatten(-2)], -1)
 
 
+class HashGrid(nn.Module):
+    """Multiresolution hash encoding (Mueller et al. 2022): at each of ``levels`` grid resolutions from
+    ``base`` to ``finest`` cells across the box, the trilinear blend of learned feature vectors stored at
+    the 8 surrounding grid corners (hashed into a table of 2^log2_size entries per level when the grid
+    has more corners). Plain torch: differentiable twice (the eikonal term) on any device. Output:
+    [x scaled, level features], like ``Fourier``."""
+
+    PRIMES = (1, 2654435761, 805459861)
+
+    def __init__(self, centre, scale: float, levels: int = 12, features: int = 2, log2_size: int = 16,
+                 base: int = 16, finest: int = 512):
+        super().__init__()
+        self.register_buffer("centre", torch.as_tensor(centre, dtype=torch.float32).reshape(1, 3))
+        self.scale = float(scale)
+        growth = math.exp((math.log(finest) - math.log(base)) / max(levels - 1, 1))
+        self.resolutions = [int(math.floor(base * growth ** i + 1e-6)) for i in range(levels)]
+        self.size = 2 ** log2_size
+        self.tables = nn.Parameter(torch.empty(levels, self.size, features).uniform_(-1e-4, 1e-4))
+        corners = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])
+        self.register_buffer("corners", corners)
+        self.out_dim = 3 + levels * features
+
+    def _index(self, ijk: torch.Tensor, res: int) -> torch.Tensor:
+        if (res + 1) ** 3 <= self.size:                      # coarse levels: one entry per corner, no hashing
+            return (ijk[..., 0] * (res + 1) + ijk[..., 1]) * (res + 1) + ijk[..., 2]
+        h = ijk[..., 0] * self.PRIMES[0] ^ ijk[..., 1] * self.PRIMES[1] ^ ijk[..., 2] * self.PRIMES[2]
+        return h % self.size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = (x - self.centre) / self.scale
+        u = ((q + 1.0) * 0.5).clamp(0.0, 1.0)                 # [0, 1] across the box
+        outs = [q]
+        for level, res in enumerate(self.resolutions):
+            p = u * res
+            base = p.detach().floor().clamp(max=res - 1)
+            f = p - base                                        # (N, 3) position in the cell (carries the gradient)
+            ijk = base.long()[:, None, :] + self.corners[None]  # (N, 8, 3)
+            feats = self.tables[level][self._index(ijk, res)]   # (N, 8, F)
+            c = self.corners[None].to(f.dtype)
+            w = (c * f[:, None, :] + (1 - c) * (1 - f[:, None, :])).prod(-1)    # (N, 8) trilinear weights
+            outs.append((w[..., None] * feats).sum(1))
+        return torch.cat(outs, -1)
+
+
 def _mlp(inp: int, hidden: int, layers: int, out: int, act=None) -> nn.Sequential:
     mods, w = [], inp
     for _ in range(layers):
@@ -68,6 +113,7 @@ class ImplicitConfig:
     geometry_frequencies: int = 6
     deform_frequencies: int = 4
     colour_frequencies: int = 8   # of the canonical point, into the albedo net (0: none, as before)
+    encoding: str = "fourier"     # of the geometry net: "fourier" or "hash" (HashGrid)
 
 
 class ImplicitHead(nn.Module):
@@ -75,7 +121,12 @@ class ImplicitHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pe_deform = Fourier(cfg.deform_frequencies, cfg.centre, cfg.half_size)
-        self.pe_geometry = Fourier(cfg.geometry_frequencies, cfg.centre, cfg.half_size)
+        if cfg.encoding == "hash":
+            self.pe_geometry = HashGrid(cfg.centre, cfg.half_size)
+        elif cfg.encoding == "fourier":
+            self.pe_geometry = Fourier(cfg.geometry_frequencies, cfg.centre, cfg.half_size)
+        else:
+            raise ValueError(f"unknown encoding {cfg.encoding!r}: 'fourier' or 'hash'")
         self.deform = _mlp(self.pe_deform.out_dim + cfg.n_expr + cfg.latent_dim, cfg.hidden, cfg.deform_layers,
                            3 + cfg.deform_features, act=nn.SiLU)
         with torch.no_grad():                       # starts as the identity map

@@ -31,6 +31,7 @@ from .model import ImplicitConfig, ImplicitHead
 from .render import Box, OccupancyGrid, camera_rays, render_rays
 
 CHECKPOINT_FORMAT = "faceforge-implicit-head/1"
+TABLE_LR_SCALE = 10.0          # hash-grid tables learn 10x faster than the networks (Instant-NGP: 1e-2)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     samples: int = 48
     lr: float = 2e-3
     sharpness_lr_scale: float = 10.0    # of the NeuS sharpness log(inv_s), relative to lr
+    encoding: str = "auto"              # geometry encoding: "fourier", "hash", "auto" (hash on CUDA, else Fourier)
     photometric_weight: float = 1.0
     silhouette_weight: float = 0.3
     correspondence_weight: float = 1.0
@@ -98,8 +100,11 @@ def make_head(data: ImplicitData, cfg: TrainConfig, device="cpu") -> tuple:
     box = head_box(data.neutral, cfg.hair_margin)
     centre = ((box.lo + box.hi) / 2).tolist()
     half = float(((box.hi - box.lo) / 2).max())
+    encoding = cfg.encoding
+    if encoding == "auto":
+        encoding = "hash" if torch.device(device).type == "cuda" else "fourier"
     head = ImplicitHead(ImplicitConfig(n_frames=data.n_frames, n_expr=data.expr.shape[1], centre=tuple(centre),
-                                       half_size=half)).to(device)
+                                       half_size=half, encoding=encoding)).to(device)
     return head, box.to(device)
 
 
@@ -132,7 +137,11 @@ def pretrain(head: ImplicitHead, data: ImplicitData, box: Box, steps: int, progr
     rng = np.random.default_rng(seed)
     q, s = mesh_sdf_samples(data.neutral, data.faces, 60000, rng, box)
     q, s = q.to(device), s.to(device)
-    opt = torch.optim.Adam(head.geometry.parameters(), lr=1e-3)
+    tables = list(head.pe_geometry.parameters())           # a hash grid's tables (none for Fourier features)
+    groups = [{"params": list(head.geometry.parameters())}]
+    if tables:
+        groups.append({"params": tables, "lr": 1e-3 * TABLE_LR_SCALE})
+    opt = torch.optim.Adam(groups, lr=1e-3)
     t0 = time.perf_counter()
     for it in range(steps):
         pick = torch.as_tensor(rng.integers(0, len(q), 4096), device=device)
@@ -178,6 +187,7 @@ def head_from_checkpoint(path, device="cpu") -> ImplicitHead:
     cfg = dict(data["config"])
     cfg["centre"] = tuple(cfg["centre"])
     cfg.setdefault("colour_frequencies", 0)          # checkpoints from before the albedo net saw the point
+    cfg.setdefault("encoding", "fourier")
     head = ImplicitHead(ImplicitConfig(**cfg))
     head.load_state_dict(data["state"])
     return head.to(device).eval()
@@ -198,9 +208,15 @@ def train(data: ImplicitData, cfg: Optional[TrainConfig] = None, device="cpu", p
     head, box = make_head(data, cfg, device)
     # NeuS's sharpness gets its own, faster learning rate: at the base rate it grew from 60 to only ~80
     # in 400 steps, a surface blurred over ~1.3 cm that smeared every colour (brows, lips, eyes)
+    # (and a hash grid's tables learn at Instant-NGP's rate, 10x the networks')
     sharp = [head.log_inv_s]
-    rest = [p for p in head.parameters() if p is not head.log_inv_s]
-    opt = torch.optim.Adam([{"params": rest}, {"params": sharp, "lr": cfg.lr * cfg.sharpness_lr_scale}], lr=cfg.lr)
+    tables = list(head.pe_geometry.parameters())
+    special = {id(p) for p in sharp + tables}
+    rest = [p for p in head.parameters() if id(p) not in special]
+    groups = [{"params": rest}, {"params": sharp, "lr": cfg.lr * cfg.sharpness_lr_scale}]
+    if tables:
+        groups.append({"params": tables, "lr": cfg.lr * TABLE_LR_SCALE})
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
     report = TrainReport()
     start = 0
     if checkpoint and Path(checkpoint).is_file():
@@ -208,6 +224,10 @@ def train(data: ImplicitData, cfg: Optional[TrainConfig] = None, device="cpu", p
         if saved["config"]["n_frames"] != data.n_frames or saved["config"]["n_expr"] != data.expr.shape[1]:
             raise FaceForgeError(f"The checkpoint {checkpoint} belongs to another clip or model; delete it to "
                                  f"start over.")
+        if saved["config"].get("encoding", "fourier") != head.cfg.encoding:
+            raise FaceForgeError(f"The checkpoint {checkpoint} was trained with the {saved['config'].get('encoding', 'fourier')} "
+                                 f"encoding, this run uses {head.cfg.encoding} (it follows the device): train on the "
+                                 f"same device, or delete the checkpoint to start over.")
         if saved["config"].get("colour_frequencies", 0) != head.cfg.colour_frequencies:
             raise FaceForgeError(f"The checkpoint {checkpoint} was written by an older FaceForge whose head network "
                                  f"differs; delete it to start over.")
