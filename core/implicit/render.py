@@ -177,8 +177,11 @@ def render_surface(head, frame: int, expr: torch.Tensor, R: torch.Tensor, t: tor
         o, d, near, far = o_all[ids], d_all[ids], near_all[ids], far_all[ids]
         ts = near[:, None] + (far - near)[:, None] * steps[None]                    # (N, S)
         s = torch.ones_like(ts)
-        first = torch.full((len(ids),), -1, dtype=torch.long, device=dev)          # first sample inside
-        # march in blocks from the camera; a ray stops being evaluated once it has gone inside
+        first = torch.full((len(ids),), -1, dtype=torch.long, device=dev)   # first sample past an outside one
+        # march in blocks from the camera; a ray stops being evaluated once it has gone from outside to
+        # inside. A ray that starts inside (the SDF is unconstrained at the box's faces, e.g. the neck cut)
+        # has not met the surface yet: as in volume rendering, only an outside -> inside step is a surface.
+        last = torch.full((len(ids),), -1.0, device=dev)                        # the sample before the block
         for b0 in range(0, n_samples, block):
             todo = torch.nonzero(first < 0).squeeze(1)
             if not len(todo):
@@ -195,10 +198,12 @@ def render_surface(head, frame: int, expr: torch.Tensor, R: torch.Tensor, t: tor
                 sb[live] = sdf_at(x[live])
             sb = sb.reshape(len(todo), -1)
             s[todo, b0:b0 + block] = sb
-            inside = sb < 0
-            hit = inside.any(1)
-            first[todo[hit]] = b0 + inside[hit].float().argmax(1)
-        found = first > 0                                                          # 0: the camera is inside
+            seq = torch.cat([last[todo, None], sb], 1)
+            entering = (seq[:, :-1] >= 0) & (seq[:, 1:] < 0)
+            hit = entering.any(1)
+            first[todo[hit]] = b0 + entering[hit].float().argmax(1)
+            last[todo] = sb[:, -1]
+        found = first > 0
         if not found.any():
             continue
         r = torch.nonzero(found).squeeze(1)
