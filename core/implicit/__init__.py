@@ -1,7 +1,9 @@
 """The implicit head (after MonoNPHM, NeRFace, MonoPort): a per-person neural SDF head from a video.
 
-- ``model``: geometry (SDF), appearance and backward-deformation MLPs with per-frame codes.
-- ``render``: rays inside the tracked head's box, an occupancy grid, NeuS volume rendering.
+- ``model``: geometry (SDF), appearance and backward-deformation MLPs with per-frame codes; Fourier
+  features on a CPU, a multiresolution hash grid on a GPU.
+- ``render``: rays inside the tracked head's box, an occupancy grid, NeuS volume rendering (training)
+  and direct surface rendering (Preview).
 - ``train``: pretraining to the tracked morphable model's SDF, then photometric / silhouette /
   keypoint / eikonal training with checkpoints that resume.
 - ``extract``: octree-style surface localisation + marching cubes.

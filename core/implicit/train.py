@@ -72,6 +72,8 @@ class TrainConfig:
     grid_every: int = 100
     checkpoint_every: int = 200
     hair_margin: float = 0.06     # the box reaches this far beyond the morphable head (hair)
+    neck_cut: float = 0.002       # the box's floor lies this far above the neck's open end (1 cm left a
+                                  # row of the neck unrendered at 48 px: held-out PSNR 24.25 -> 24.52 dB at 2 mm)
     seed: int = 0
 
 
@@ -86,18 +88,18 @@ class TrainReport:
     resumed_from: int = 0
 
 
-def head_box(neutral: np.ndarray, margin: float) -> Box:
+def head_box(neutral: np.ndarray, margin: float, neck_cut: float = 0.002) -> Box:
     lo = torch.as_tensor(neutral.min(0) - margin, dtype=torch.float32)
     hi = torch.as_tensor(neutral.max(0) + margin, dtype=torch.float32)
     hi[2] = float(neutral[:, 2].max()) + 0.02          # little in front of the face
-    # the neck's open end lies just outside the box: below it there is no surface to learn, and an
-    # open end inside the box would make the SDF's sign there a guess (a spurious cap)
-    lo[1] = float(neutral[:, 1].min()) + 0.01
+    # the neck's open end lies just outside the box (``neck_cut`` above it): below it there is no
+    # surface to learn, and an open end inside the box would make the SDF's sign there a guess (a cap)
+    lo[1] = float(neutral[:, 1].min()) + neck_cut
     return Box(lo, hi)
 
 
 def make_head(data: ImplicitData, cfg: TrainConfig, device="cpu") -> tuple:
-    box = head_box(data.neutral, cfg.hair_margin)
+    box = head_box(data.neutral, cfg.hair_margin, cfg.neck_cut)
     centre = ((box.lo + box.hi) / 2).tolist()
     half = float(((box.hi - box.lo) / 2).max())
     encoding = cfg.encoding
