@@ -75,7 +75,9 @@ def test_implicit_head_from_video_builds_one_animated_object(empty_scene, tmp_pa
     grey = np.abs(px - 0.25).max(-1) < 1e-3                                            # no video frame: grey behind
     msg = bpy.context.window_manager.faceforge_job.last_message
     assert "frame 3" in msg and "could not be read" in msg
-    assert 0 < (~grey).sum() and ((~grey) & truth).sum() / ((~grey) | truth).sum() > 0.6
+    head_px = ~grey                         # 60 steps at 24 px: a rough head, where the person is
+    assert 0 < head_px.sum() and (head_px & truth).sum() / (head_px | truth).sum() > 0.5
+    assert np.abs(np.argwhere(head_px).mean(0) - np.argwhere(truth).mean(0)).max() < 4.0
     # the checkpoint: a second run with more steps resumes where the first stopped
     assert bpy.ops.faceforge.implicit_head_from_video(**dict(kw, steps=64)) == {"FINISHED"}
     assert "resumed at step 60" in bpy.context.window_manager.faceforge_job.last_message
