@@ -15,19 +15,7 @@ import pytest
 
 from core.fit.silhouette import SilhouetteConfig, outline_vertices, refine_silhouette
 from core.models import load_model
-
-
-def _rotation(yaw):
-    y = np.radians(yaw)
-    Ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
-    return np.diag([1.0, -1.0, -1.0]) @ Ry          # model (y up, z out) -> OpenCV camera
-
-
-def _error_mm(model, shape_true, shape_est, idx):
-    a = model.v_template + model.shape_basis @ shape_est
-    b = model.v_template + model.shape_basis @ shape_true
-    a, b = a[idx] - a[idx].mean(0), b[idx] - b[idx].mean(0)
-    return float(np.median(np.linalg.norm(a - b, axis=1)) * 1000)
+from tests.likeness_support import error_mm, rotation
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +40,7 @@ def test_outlines_recover_more_shape_than_landmarks(ict):
     size, f = 480, 900.0
     dets, masks, views = [], [], []
     for yaw in (0.0, -40.0, 40.0):
-        R = _rotation(yaw)
+        R = rotation(yaw)
         t = np.array([0.0, 0.0, 0.75]) - R @ lm.mean(0)
         proj = lambda X: np.stack([f * X[:, 0] / X[:, 2] + size / 2, f * X[:, 1] / X[:, 2] + size / 2], 1)  # noqa: E731
         px = proj(verts @ R.T + t)
@@ -81,8 +69,8 @@ def test_outlines_recover_more_shape_than_landmarks(ict):
     # pairings of a far-off outline can lead it astray)
     start = [dict(v, R=s["R"], t=s["t"], expr=s["expr"]) for v, s in zip(views, lm_only["views"])]
     with_outline = refine_silhouette(layer, dets, masks, lm_only["shape"], start, cfg)
-    e_mean = _error_mm(ict, truth, zero, idx)
-    e_lm = _error_mm(ict, truth, lm_only["shape"], idx)
-    e_sil = _error_mm(ict, truth, with_outline["shape"], idx)
+    e_mean = error_mm(ict, truth, zero, idx)
+    e_lm = error_mm(ict, truth, lm_only["shape"], idx)
+    e_sil = error_mm(ict, truth, with_outline["shape"], idx)
     assert min(with_outline["outline_points"]) > 50, with_outline["outline_points"]
     assert e_sil < 0.85 * e_lm and e_sil < 0.8 * e_mean, (e_mean, e_lm, e_sil)

@@ -17,19 +17,7 @@ from core.fit.photo_consistency import PhotoConsistencyConfig, photometric_verti
 from core.fit.silhouette import SilhouetteConfig, refine_silhouette
 from core.models import load_model
 from core.render import render
-
-
-def _rotation(yaw):
-    y = np.radians(yaw)
-    Ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
-    return np.diag([1.0, -1.0, -1.0]) @ Ry          # model (y up, z out) -> OpenCV camera
-
-
-def _error_mm(model, shape_true, shape_est, idx):
-    a = model.v_template + model.shape_basis @ shape_est
-    b = model.v_template + model.shape_basis @ shape_true
-    a, b = a[idx] - a[idx].mean(0), b[idx] - b[idx].mean(0)
-    return float(np.median(np.linalg.norm(a - b, axis=1)) * 1000)
+from tests.likeness_support import error_mm, rotation
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +39,7 @@ def test_colours_recover_more_shape_than_landmarks(ict):
     size, f = 320, 600.0
     dets, views, images = [], [], []
     for k, yaw in enumerate((0.0, -35.0, 35.0)):
-        R = _rotation(yaw)
+        R = rotation(yaw)
         t = np.array([0.0, 0.0, 0.75]) - R @ lm.mean(0)
         cam = torch.as_tensor((verts @ R.T + t)[None], dtype=torch.float32)
         sh = torch.zeros(1, 9, 3)
@@ -74,8 +62,8 @@ def test_colours_recover_more_shape_than_landmarks(ict):
     cfg = PhotoConsistencyConfig(blur_px=(2.0, 1.0), iters=10)
     pc = refine_photo_consistency(layer, images, dets, [None] * 3, lm_only["shape"], start, cfg)
     idx = np.nonzero(ict.parts.vertex_part == ict.parts.names.index("face"))[0]
-    e_lm = _error_mm(ict, truth, lm_only["shape"], idx)
-    e_pc = _error_mm(ict, truth, pc["shape"], idx)
+    e_lm = error_mm(ict, truth, lm_only["shape"], idx)
+    e_pc = error_mm(ict, truth, pc["shape"], idx)
     assert len(pc["vertices"]) > 1000 and set(pc["vertices"]) <= set(idx.tolist())
     assert np.isfinite(pc["albedo"]).all() and len(pc["views"]) == 3
     print("photo-consistency test: landmarks %.2f mm, + colours %.2f mm" % (e_lm, e_pc))

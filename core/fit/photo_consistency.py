@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from ..models.morphable import axis_angle_to_matrix
 from ..render.rasterizer import rasterize
 from ..render.shading import sh_basis, vertex_normals
-from .photo_fit import FitConfig, landmark_weights
-from .silhouette import MaskBoundary, outline_candidates, outline_vertices, point_layer
+from .silhouette import MaskBoundary, outline_candidates, outline_vertices, point_layer, stacked_views
 
 
 @dataclass
@@ -121,20 +120,9 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
     dev = layer.device
     f32 = dict(dtype=torch.float32, device=dev)
     N = len(images)
-    lm_idx = layer.lm_detector_index.cpu().numpy()
-    sqrt_w = torch.sqrt(torch.as_tensor(landmark_weights(lm_idx, FitConfig()), **f32))[None, :, None]
-    targets = torch.as_tensor(np.stack([d.points[lm_idx] for d in detections]), **f32)
-    sizes = torch.as_tensor([float(d.face_size) for d in detections], **f32)
-    iw = torch.ones(N, **f32) if item_weights is None else torch.as_tensor(item_weights, **f32)
-    R0 = torch.as_tensor(np.stack([v["R"] for v in views]), **f32)
-    t0 = torch.as_tensor(np.stack([v["t"] for v in views]), **f32)
-    foc = torch.as_tensor([float(v["focal"]) for v in views], **f32)
-    cx = torch.as_tensor([float(v["cx"]) for v in views], **f32)
-    cy = torch.as_tensor([float(v["cy"]) for v in views], **f32)
-    joints = None
-    if layer.n_pose_joints:
-        joints = torch.as_tensor(np.stack([v["joint_pose"] for v in views]), **f32)
-    dist = t0[:, 2].clone()
+    st = stacked_views(layer, detections, views, item_weights)
+    sqrt_w, targets, sizes, iw = st.sqrt_w, st.targets, st.sizes, st.iw
+    R0, t0, foc, cx, cy, joints = st.R0, st.t0, st.focal, st.cx, st.cy, st.joints
     lm_scale = torch.sqrt(iw) / (cfg.landmark_sigma * sizes)
     lo_hi = layer.expr_range
     sh = torch.as_tensor(np.stack([np.asarray(v["sh"], np.float32) for v in views]), **f32)
@@ -204,8 +192,8 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
 
     faces_all = torch.as_tensor(layer.fit_faces, device=dev)
     albedo = None
+    pyr = [[None] * len(cfg.blur_px) for _ in range(N)]         # [photo][level] blurred images
     for level, blur in enumerate(cfg.blur_px):
-        pyr = [[None] * len(cfg.blur_px) for _ in range(N)] if level == 0 else pyr
         for i in range(N):
             pyr[i][level] = _blurred(images[i], blur, dev)
         for _ in range(cfg.rounds):

@@ -124,6 +124,29 @@ def point_layer(layer, vertex_ids) -> LandmarkLayer:
     return LandmarkLayer(proxy)
 
 
+def stacked_views(layer, detections: list, views: list, item_weights=None) -> types.SimpleNamespace:
+    """What both multi-photo refinements (outlines here, colours in photo_consistency.py) start from,
+    as tensors over the photos: the detector's landmark targets and weights, face sizes, photo
+    weights, and the landmark fits' cameras (R0, t0, focal, cx, cy, joints, dist = t0's depth)."""
+    f32 = dict(dtype=torch.float32, device=layer.device)
+    lm_idx = layer.lm_detector_index.cpu().numpy()
+    t0 = torch.as_tensor(np.stack([v["t"] for v in views]), **f32)
+    joints = None
+    if layer.n_pose_joints:
+        joints = torch.as_tensor(np.stack([v["joint_pose"] for v in views]), **f32)
+    return types.SimpleNamespace(
+        lm_idx=lm_idx,
+        sqrt_w=torch.sqrt(torch.as_tensor(landmark_weights(lm_idx, FitConfig()), **f32))[None, :, None],
+        targets=torch.as_tensor(np.stack([d.points[lm_idx] for d in detections]), **f32),
+        sizes=torch.as_tensor([float(d.face_size) for d in detections], **f32),
+        iw=torch.ones(len(detections), **f32) if item_weights is None else torch.as_tensor(item_weights, **f32),
+        R0=torch.as_tensor(np.stack([v["R"] for v in views]), **f32), t0=t0,
+        focal=torch.as_tensor([float(v["focal"]) for v in views], **f32),
+        cx=torch.as_tensor([float(v["cx"]) for v in views], **f32),
+        cy=torch.as_tensor([float(v["cy"]) for v in views], **f32),
+        joints=joints, dist=t0[:, 2].clone())
+
+
 def refine_silhouette(layer, detections: list, masks: list, shape0, views: list,
                       config: Optional[SilhouetteConfig] = None, item_weights=None) -> dict:
     """Identity (shared), pose and expression of every photo refined on landmarks + outlines.
@@ -136,22 +159,10 @@ def refine_silhouette(layer, detections: list, masks: list, shape0, views: list,
     model = layer.model
     N = len(detections)
     ks, ke = layer.n_shape, layer.n_expr
-    lm_idx = layer.lm_detector_index.cpu().numpy()
-    w_lm = torch.as_tensor(landmark_weights(lm_idx, FitConfig()), device=dev)
-    sqrt_w = torch.sqrt(w_lm)[None, :, None]
-    targets = torch.as_tensor(np.stack([d.points[lm_idx] for d in detections]), dtype=torch.float32, device=dev)
-    sizes = torch.as_tensor([float(d.face_size) for d in detections], dtype=torch.float32, device=dev)
-    iw = torch.ones(N, device=dev) if item_weights is None else torch.as_tensor(item_weights, dtype=torch.float32, device=dev)
     f32 = dict(dtype=torch.float32, device=dev)
-    R0 = torch.as_tensor(np.stack([v["R"] for v in views]), **f32)
-    t0 = torch.as_tensor(np.stack([v["t"] for v in views]), **f32)
-    foc = torch.as_tensor([float(v["focal"]) for v in views], **f32)
-    cx = torch.as_tensor([float(v["cx"]) for v in views], **f32)
-    cy = torch.as_tensor([float(v["cy"]) for v in views], **f32)
-    joints = None
-    if layer.n_pose_joints:
-        joints = torch.as_tensor(np.stack([v["joint_pose"] for v in views]), **f32)
-    dist = t0[:, 2].clone()
+    st = stacked_views(layer, detections, views, item_weights)
+    sqrt_w, targets, sizes, iw = st.sqrt_w, st.targets, st.sizes, st.iw
+    R0, t0, foc, cx, cy, joints, dist = st.R0, st.t0, st.focal, st.cx, st.cy, st.joints, st.dist
     lm_layer = layer.landmark_layer()
     cand = outline_candidates(model)
     faces = layer.fit_faces.cpu().numpy()
