@@ -8,14 +8,13 @@ from the landmark solution as multi-photo fitting does. Measured: mean face 8.67
 landmarks + outlines 3.91 mm (centred, unaligned median over the face part). With exact landmarks of
 the person the outlines add nothing (0.70 -> 0.74 mm), so the bound is on the biased case."""
 
-import types
 
 import numpy as np
 import pytest
 
 from core.fit.silhouette import SilhouetteConfig, outline_vertices, refine_silhouette
 from core.models import load_model
-from tests.likeness_support import error_mm, rotation
+from tests.likeness_support import detection, error_mm, person_and_biased_landmarks, rotation
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +25,8 @@ def ict():
 def test_outlines_recover_more_shape_than_landmarks(ict):
     import cv2
 
-    rng = np.random.default_rng(3)
-    truth = rng.standard_normal(ict.n_shape).astype(np.float32)
+    truth, verts, lm, lm_det = person_and_biased_landmarks(ict, 3)
     layer = ict.layer("cpu")
-    verts = ict.v_template + ict.shape_basis @ truth
-    emb = ict.landmarks
-    lm = (verts[ict.faces[emb.face_index]] * emb.bary[:, :, None]).sum(1)
-    # the detector regresses towards an average face (as mediapipe does on the likeness renders):
-    # its points are those of a face 40% of the way from the mean to this person
-    v_avg = ict.v_template + ict.shape_basis @ (0.4 * truth)
-    lm_det = (v_avg[ict.faces[emb.face_index]] * emb.bary[:, :, None]).sum(1)
     skin = ict.faces[ict.skin_faces()]
     size, f = 480, 900.0
     dets, masks, views = [], [], []
@@ -47,11 +38,7 @@ def test_outlines_recover_more_shape_than_landmarks(ict):
         mask = np.zeros((size, size), np.uint8)
         for tri in np.round(px[skin] * 4).astype(np.int32):
             cv2.fillConvexPoly(mask, tri, 1, shift=2)
-        cam_lm = lm_det @ R.T + t
-        pts = np.zeros((478, 3), np.float32)
-        pts[emb.detector_index, :2] = proj(cam_lm)
-        pts[emb.detector_index, 2] = f * (cam_lm[:, 2] - cam_lm[:, 2].mean()) / cam_lm[:, 2].mean()
-        dets.append(types.SimpleNamespace(points=pts, face_size=float(np.ptp(pts[emb.detector_index, 0]))))
+        dets.append(detection(ict, lm_det, R, t, f, size))
         masks.append(mask.astype(np.float32))
         views.append(dict(R=R, t=t, focal=f, cx=size / 2, cy=size / 2, expr=np.zeros(ict.n_expr, np.float32),
                           joint_pose=np.zeros((0, 3), np.float32)))

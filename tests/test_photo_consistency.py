@@ -6,7 +6,6 @@ of the landmark points of a face pulled towards the average (as mediapipe's are)
 solution at the true poses, the colours must recover clearly more of the shape. Measured (this
 set-up): landmarks 2.46 mm, + colours 1.73 mm (centred, unaligned median over the face part)."""
 
-import types
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from core.fit.photo_consistency import PhotoConsistencyConfig, photometric_verti
 from core.fit.silhouette import SilhouetteConfig, refine_silhouette
 from core.models import load_model
 from core.render import render
-from tests.likeness_support import error_mm, rotation
+from tests.likeness_support import detection, error_mm, person_and_biased_landmarks, rotation
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +25,8 @@ def ict():
 
 
 def test_colours_recover_more_shape_than_landmarks(ict):
-    rng = np.random.default_rng(5)
-    truth = rng.standard_normal(ict.n_shape).astype(np.float32)
+    truth, verts, lm, lm_det = person_and_biased_landmarks(ict, 5)
     layer = ict.layer("cpu")
-    verts = ict.v_template + ict.shape_basis @ truth
-    emb = ict.landmarks
-    lm = (verts[ict.faces[emb.face_index]] * emb.bary[:, :, None]).sum(1)
-    v_avg = ict.v_template + ict.shape_basis @ (0.4 * truth)
-    lm_det = (v_avg[ict.faces[emb.face_index]] * emb.bary[:, :, None]).sum(1)
     albedo = ict.albedo_mean if ict.albedo_mean is not None else np.full((ict.n_vertices, 3), 0.6, np.float32)
     faces = ict.faces[ict.skin_faces()]
     size, f = 320, 600.0
@@ -49,11 +42,7 @@ def test_colours_recover_more_shape_than_landmarks(ict):
                      size, size, backend="torch")
         img = torch.where(out.mask[0, ..., None], out.image[0], torch.tensor([0.35, 0.4, 0.5]))
         images.append((img.clamp(0, 1).numpy() * 255).round().astype(np.uint8))
-        cam_lm = lm_det @ R.T + t
-        pts = np.zeros((478, 3), np.float32)
-        pts[emb.detector_index, :2] = np.stack([f * cam_lm[:, 0] / cam_lm[:, 2], f * cam_lm[:, 1] / cam_lm[:, 2]], 1) + size / 2
-        pts[emb.detector_index, 2] = f * (cam_lm[:, 2] - cam_lm[:, 2].mean()) / cam_lm[:, 2].mean()
-        dets.append(types.SimpleNamespace(points=pts, face_size=float(np.ptp(pts[emb.detector_index, 0]))))
+        dets.append(detection(ict, lm_det, R, t, f, size))
         views.append(dict(R=R, t=t, focal=f, cx=size / 2, cy=size / 2, expr=np.zeros(ict.n_expr, np.float32),
                           joint_pose=np.zeros((0, 3), np.float32), sh=sh[0].numpy()))
     zero = np.zeros(ict.n_shape, np.float32)
