@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -38,6 +40,53 @@ PROG = "faceforge"
 
 class UsageError(Exception):
     pass
+
+
+# the native libraries' log lines (mediapipe's TF-Lite delegate, absl/glog warnings) that say nothing a
+# user can act on; --verbose keeps them
+NATIVE_NOISE = re.compile(r"^(INFO: Created TensorFlow Lite|WARNING: All log messages before absl::InitializeLog"
+                          r"|[IWE]\d{4} [\d:.]+ +\d+ [\w./-]+\.(cc|h):\d+\])")
+
+
+class QuietNativeLogs:
+    """Filter NATIVE_NOISE out of the process's stderr (file descriptor 2, where C++ libraries write):
+    fd 2 becomes a pipe whose lines a thread copies to the real stderr unless they are noise. Python's
+    own stderr goes through it too, so messages keep their order."""
+
+    def __enter__(self):
+        os.environ.setdefault("GLOG_minloglevel", "2")        # what glog itself lets us silence
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        sys.stderr.flush()
+        self.real = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self.thread = threading.Thread(target=self._pump, args=(read,), daemon=True)
+        self.thread.start()
+        return self
+
+    def _pump(self, read: int) -> None:
+        with os.fdopen(read, "rb") as pipe:
+            for line in pipe:
+                if not NATIVE_NOISE.search(line.decode("utf-8", "replace")):
+                    os.write(self.real, line)
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self.real, 2)                                  # closes the pipe's last writer: the pump ends
+        self.thread.join(timeout=5)
+        os.close(self.real)
+        return False
+
+
+def remove_blender_session_dir() -> None:
+    """Blender deletes its session temp folder (``bpy.app.tempdir``, /tmp/blender_XXXX) at exit, but the
+    command ends with ``os._exit`` (see the module docstring), which skips that: remove it here."""
+    bpy = sys.modules.get("bpy")
+    path = getattr(getattr(bpy, "app", None), "tempdir", "") if bpy is not None else ""
+    if path and os.path.basename(os.path.normpath(path)).startswith("blender_") and os.path.isdir(path):
+        import shutil
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="FaceForge without the Blender UI: photos and videos become rigged "
                                             "(animated) heads.",
                      epilog="Inside Blender: blender -b --python cli.py -- reconstruct photo.jpg --out head.fbx")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep the native libraries' log lines (TF-Lite, absl) on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     r = sub.add_parser("reconstruct", help="fit the head model to one photo and export the rigged head",
@@ -555,7 +606,13 @@ def main(args=None) -> int:
 
 def console_main() -> None:
     """The ``faceforge`` console command (see pyproject.toml)."""
-    code = main()
+    argv = script_argv()
+    if "--verbose" in argv:
+        code = main(argv)
+    else:
+        with QuietNativeLogs():
+            code = main(argv)
+    remove_blender_session_dir()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

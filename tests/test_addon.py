@@ -302,6 +302,30 @@ def test_cli_never_overwrites_unless_told_and_writes_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut.png", "head.blend"]
 
 
+def test_cli_is_quiet_and_leaves_no_blender_temp_folder(tmp_path):
+    """A run prints no native-library log lines (TF-Lite, absl/glog: --verbose keeps them) and leaves
+    no Blender session folder (blender_XXXX) in the temp directory."""
+    import skimage.data
+    import imageio.v3 as iio
+    photo = tmp_path / "astronaut.png"
+    iio.imwrite(photo, skimage.data.astronaut())
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    noise = ("TensorFlow Lite", "absl::InitializeLog", "inference_feedback_manager")
+
+    def run(*extra):
+        return subprocess.run([PY, str(ROOT / "blender_addon" / "cli.py"), *extra, "reconstruct", str(photo), "--model",
+                               "facemask", "--blend", str(tmp_path / f"h{len(extra)}.blend")], capture_output=True,
+                              text=True, timeout=600, env=env)
+    quiet = run()
+    assert quiet.returncode == 0, quiet.stderr
+    assert not any(n in quiet.stderr for n in noise), quiet.stderr
+    loud = run("--verbose")                  # the filter is what hides them: they are there without it
+    assert loud.returncode == 0 and any(n in loud.stderr for n in noise)
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith("blender_")]
+
+
 def test_cli_face_option_picks_one_face_of_a_group_photo(tmp_path):
     """--face N reaches the engine (the report names the face fitted and numbers all five in
     faces.png) and the scene remembers how many faces there were, for the panel's Face choice."""
