@@ -58,9 +58,8 @@ def main() -> int:
     from blender_addon.core.implicit.sequence import compress_sequence
     from blender_addon.core.implicit.train import TrainConfig
     from blender_addon.core.models import load_model
-    from blender_addon.core.pipeline.implicit import (build_data, clip_record, implicit_head_from_data,
+    from blender_addon.core.pipeline.implicit import (build_data, clip_meshes, clip_record, implicit_head_from_data,
                                                       preview_frame)
-    from blender_addon.core.implicit.meshing import track_meshes
     from blender_addon.core.track.tracker import track_vertices, track_video
     video = sample_clip(args.clip)
     model = load_model("ict")
@@ -85,15 +84,8 @@ def main() -> int:
     times["extraction"] = more["extract_s"]
     # every clip frame, as implicit_head_from_video does: codes interpolated between training frames
     t = time.perf_counter()
-    frames = np.arange(track.n_frames)
-    lat = head.latents.detach().cpu().numpy()
-    latents = np.stack([np.interp(frames, chosen[train_i], lat[:, j]) for j in range(lat.shape[1])], 1).astype(np.float32)
-    layer = model.layer("cpu")
-    with torch.no_grad():
-        posed = layer.shaped(torch.as_tensor(track.shape[None]).expand(len(frames), -1),
-                             torch.as_tensor(track.expr)).numpy()[:, model.skin_vertex_mask()]
-    meshes = track_meshes(head, verts, faces, track.expr.astype(np.float32), data.neutral, posed, latents=latents)
-    times[f"mesh into {len(frames)} frames"] = time.perf_counter() - t
+    meshes = clip_meshes(head, verts, faces, track, model, chosen[train_i], data.neutral)
+    times[f"mesh into {track.n_frames} frames"] = time.perf_counter() - t
     t = time.perf_counter()
     basis = compress_sequence(meshes.frames, max_components=64, tolerance_mm=0.5)
     times["blendshape compression"] = time.perf_counter() - t

@@ -160,6 +160,25 @@ def implicit_head_from_data(data, config=None, device="cpu", progress=None, chec
     return head, box, meshes, report, stats, timings
 
 
+def clip_meshes(head, verts: np.ndarray, faces: np.ndarray, track, model, trained: np.ndarray, neutral: np.ndarray,
+                progress=None):
+    """The canonical mesh moved into EVERY frame of the clip, not only the ``trained`` ones (their clip
+    indices): latents between training frames are interpolated, the tracked morphable head of each
+    frame starts the inversion."""
+    import torch
+
+    from ..implicit.meshing import track_meshes
+    frames = np.arange(track.n_frames)
+    lat = head.latents.detach().cpu().numpy()
+    latents = np.stack([np.interp(frames, trained, lat[:, j]) for j in range(lat.shape[1])], 1).astype(np.float32)
+    layer = model.layer("cpu")
+    with torch.no_grad():
+        posed = layer.shaped(torch.as_tensor(track.shape[None]).expand(len(frames), -1),
+                             torch.as_tensor(track.expr)).numpy()[:, model.skin_vertex_mask()]
+    return track_meshes(head, verts, faces, track.expr.astype(np.float32), neutral, posed, progress=progress,
+                        latents=latents)
+
+
 def largest_component(verts: np.ndarray, faces: np.ndarray) -> tuple:
     """Keep the biggest connected piece (marching cubes can leave specks where the SDF is unsure)."""
     from scipy.sparse import coo_matrix
@@ -211,23 +230,11 @@ def implicit_head_from_video(video, model=None, track_path: Optional[str] = None
         data, config, device=dev, progress=progress.sub(0.2, 0.85), checkpoint=checkpoint, resolution=resolution,
         invert=False, clip=clip_record(track, chosen))
     timings.update(more)
-    # every frame of the clip, not only the training ones: latents between training frames are interpolated
     t0 = time.perf_counter()
-    import torch
-
-    from ..implicit.meshing import track_meshes
-    frames = np.arange(track.n_frames)
-    lat = head.latents.detach().cpu().numpy()
-    latents = np.stack([np.interp(frames, chosen, lat[:, j]) for j in range(lat.shape[1])], 1).astype(np.float32)
-    layer = mm.layer("cpu")
-    with torch.no_grad():
-        posed = layer.shaped(torch.as_tensor(track.shape[None]).expand(len(frames), -1),
-                             torch.as_tensor(track.expr)).numpy()[:, mm.skin_vertex_mask()]
-    meshes = track_meshes(head, verts, faces, track.expr.astype(np.float32), data.neutral, posed,
-                          progress=progress.sub(0.85, 1.0), latents=latents)
+    meshes = clip_meshes(head, verts, faces, track, mm, chosen, data.neutral, progress=progress.sub(0.85, 1.0))
     timings["inversion_s"] = time.perf_counter() - t0
-    return ImplicitResult(meshes=meshes, track=track, frame_indices=frames, report=report, extraction=stats,
-                          timings=timings, warnings=list(getattr(track, "warnings", []) or []))
+    return ImplicitResult(meshes=meshes, track=track, frame_indices=np.arange(track.n_frames), report=report,
+                          extraction=stats, timings=timings, warnings=list(getattr(track, "warnings", []) or []))
 
 
 def implicit_rig(result: ImplicitResult, name: str = "ImplicitHead", tolerance_mm: float = 0.5,
