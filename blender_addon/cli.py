@@ -48,18 +48,27 @@ NATIVE_NOISE = re.compile(r"^(INFO: Created TensorFlow Lite|WARNING: All log mes
                           r"|[IWE]\d{4} [\d:.]+ +\d+ [\w./-]+\.(cc|h):\d+\])")
 
 
-class QuietNativeLogs:
-    """Filter NATIVE_NOISE out of the process's stderr (file descriptor 2, where C++ libraries write):
-    fd 2 becomes a pipe whose lines a thread copies to the real stderr unless they are noise. Python's
-    own stderr goes through it too, so messages keep their order."""
+# Blender echoes every operator report on stdout ("Info: ...", "Warning: ...", "Error: ...") and its FBX
+# and glTF exporters announce themselves (blank lines included): the command says each result,
+# warning and error once, in its own words
+BLENDER_ECHO = re.compile(r"^(Info|Warning|Error): |^FBX export starting|^export finished in [\d.]+ sec"
+                          r"|^INFO Draco mesh compression|^\d\d:\d\d:\d\d \| (INFO|WARNING): |^\s*$")
+
+
+class FilteredFd:
+    """Filter lines matching ``pattern`` out of a file descriptor (1 or 2, where C and C++ libraries
+    write too): the descriptor becomes a pipe whose lines a thread copies to the real one unless they
+    match. Python's own prints go through it as well, so messages keep their order."""
+
+    def __init__(self, fd: int, pattern: "re.Pattern"):
+        self.fd, self.pattern = fd, pattern
+        self.stream = sys.stdout if fd == 1 else sys.stderr
 
     def __enter__(self):
-        os.environ.setdefault("GLOG_minloglevel", "2")        # what glog itself lets us silence
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        sys.stderr.flush()
-        self.real = os.dup(2)
+        self.stream.flush()
+        self.real = os.dup(self.fd)
         read, write = os.pipe()
-        os.dup2(write, 2)
+        os.dup2(write, self.fd)
         os.close(write)
         self.thread = threading.Thread(target=self._pump, args=(read,), daemon=True)
         self.thread.start()
@@ -68,15 +77,27 @@ class QuietNativeLogs:
     def _pump(self, read: int) -> None:
         with os.fdopen(read, "rb") as pipe:
             for line in pipe:
-                if not NATIVE_NOISE.search(line.decode("utf-8", "replace")):
+                if not self.pattern.search(line.decode("utf-8", "replace")):
                     os.write(self.real, line)
 
     def __exit__(self, *exc):
-        sys.stderr.flush()
-        os.dup2(self.real, 2)                                  # closes the pipe's last writer: the pump ends
+        self.stream.flush()
+        os.dup2(self.real, self.fd)                            # closes the pipe's last writer: the pump ends
         self.thread.join(timeout=5)
         os.close(self.real)
         return False
+
+
+class QuietNativeLogs(FilteredFd):
+    """stderr without NATIVE_NOISE (the native libraries' own log level is lowered too)."""
+
+    def __init__(self):
+        super().__init__(2, NATIVE_NOISE)
+
+    def __enter__(self):
+        os.environ.setdefault("GLOG_minloglevel", "2")        # what glog itself lets us silence
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        return super().__enter__()
 
 
 def remove_blender_session_dir() -> None:
@@ -296,7 +317,10 @@ def _run_operator(bpy, call) -> bool:
     except RuntimeError as e:
         print(f"{PROG}: error: {_op_error(e)}", file=sys.stderr)
         return False
-    print(f"FaceForge: {bpy.context.window_manager.faceforge_job.last_message}", flush=True)
+    job = bpy.context.window_manager.faceforge_job
+    print(f"FaceForge: {job.last_message}", flush=True)
+    for warning in job.last_warnings.split("\n") if job.last_warnings else ():
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
     return True
 
 
@@ -610,7 +634,7 @@ def console_main() -> None:
     if "--verbose" in argv:
         code = main(argv)
     else:
-        with QuietNativeLogs():
+        with QuietNativeLogs(), FilteredFd(1, BLENDER_ECHO):
             code = main(argv)
     remove_blender_session_dir()
     sys.stdout.flush()

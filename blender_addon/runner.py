@@ -21,6 +21,7 @@ leaves the scene exactly as it was.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import traceback
@@ -188,6 +189,8 @@ class FaceForgeJobStatus(bpy.types.PropertyGroup):
     last_label: StringProperty(name="Last Job", default="")
     last_state: StringProperty(name="Last State", default="")
     last_message: StringProperty(name="Last Message", default="")
+    # the last job's warnings, one per line: the panel lists them under its message
+    last_warnings: StringProperty(name="Last Warnings", default="")
 
 
 def status(context=None):
@@ -212,7 +215,7 @@ def publish(context, job: Job) -> None:
     st.text = "Cancelling…" if job.cancelling else progress_text(p.stage, p.fraction, eta)
 
 
-def publish_end(context, job: Job, state: str, message: str) -> None:
+def publish_end(context, job: Job, state: str, message: str, warnings=()) -> None:
     st = status(context)
     if st is None:
         return
@@ -220,6 +223,16 @@ def publish_end(context, job: Job, state: str, message: str) -> None:
     st.stage = st.eta = st.text = ""
     st.fraction = 0.0
     st.last_label, st.last_state, st.last_message = job.label, state, message
+    st.last_warnings = "\n".join(str(w) for w in warnings)
+
+
+def report_text(message: str, warnings) -> str:
+    """The one line Blender's status bar and Info log show for a finished job: its message and, when
+    there are any, its warnings (each warning is said once, here, not as separate reports)."""
+    warnings = [str(w) for w in warnings]
+    if not warnings:
+        return message
+    return f"{message} — {len(warnings)} warning{'s' if len(warnings) > 1 else ''}: " + " ".join(warnings)
 
 
 def redraw(context) -> None:
@@ -293,6 +306,16 @@ class JobOperator:
 
     def job_succeeded(self, context, message: str) -> None:
         """Main thread: after ``finish`` succeeded."""
+
+    def add_warnings(self, warnings, head=None) -> list:
+        """Main thread, from ``finish``: warnings the user must see. They are reported once with the
+        job's message (status bar + Info log), listed in the panel's result box, and kept on ``head``
+        (``faceforge_warnings``) so the head's own panel can show them later."""
+        warnings = [str(w) for w in (warnings or ())]
+        self._warnings = getattr(self, "_warnings", []) + warnings
+        if head is not None and warnings:
+            head["faceforge_warnings"] = json.dumps(warnings)
+        return warnings
 
     # -- poll -------------------------------------------------------------------------------
     @classmethod
@@ -384,8 +407,10 @@ class JobOperator:
             st = status(context)
             if st is not None:
                 st.last_label, st.last_state, st.last_message = self.bl_label, FAILED, message
+                st.last_warnings = ""
             self.report({"ERROR"}, message)
             return None
+        self._warnings = []
         callback = None
         if synchronous:   # inline: console lines, plus the cursor counter when a window is blocked
             callback = ProgressPrinter(self.bl_label, None if bpy.app.background else context.window_manager)
@@ -396,11 +421,12 @@ class JobOperator:
         if _active is job:
             _set_active(None)
         state, message = complete(context, job, self.finish, self.changes_scene)
-        publish_end(context, job, state, message)
+        warnings = getattr(self, "_warnings", []) if state == FINISHED else []
+        publish_end(context, job, state, message, warnings)
         redraw(context)
         if state == FINISHED:
             self.job_succeeded(context, message)
-            self.report({"INFO"}, message)
+            self.report({"WARNING"} if warnings else {"INFO"}, report_text(message, warnings))
             return {"FINISHED"}
         self.job_failed(context, state, message)
         self.report({"WARNING"} if state == CANCELLED else {"ERROR"}, message)

@@ -180,6 +180,11 @@ def hint(layout, text: str, icon: str = "INFO", alert: bool = False) -> None:
             first = False
 
 
+def last_warnings(st) -> list:
+    """The last job's warnings (``FaceForgeJobStatus.last_warnings``, one per line)."""
+    return [w for w in getattr(st, "last_warnings", "").split("\n") if w.strip()]
+
+
 def draw_job_status(layout, context) -> None:
     """Progress bar + Cancel while a job runs; how the last one ended otherwise. Shared with the preferences."""
     st = runner.status(context)
@@ -201,3 +206,5 @@ def draw_job_status(layout, context) -> None:
     elif st.last_state:
         icon = {"FINISHED": "CHECKMARK", "CANCELLED": "CANCEL", "FAILED": "ERROR"}.get(st.last_state, "INFO")
         hint(layout, st.last_message, icon=icon, alert=st.last_state == "FAILED")
+        for warning in last_warnings(st):
+            hint(layout, warning, icon="ERROR")

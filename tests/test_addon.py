@@ -321,6 +321,9 @@ def test_cli_is_quiet_and_leaves_no_blender_temp_folder(tmp_path):
     quiet = run()
     assert quiet.returncode == 0, quiet.stderr
     assert not any(n in quiet.stderr for n in noise), quiet.stderr
+    # Blender's own echo of each operator report ("Info: Built ...") is filtered: the result is said once
+    assert not [ln for ln in quiet.stdout.splitlines() if ln.startswith(("Info: ", "Warning: ", "Error: "))], quiet.stdout
+    assert quiet.stdout.count("Built '") == 1, quiet.stdout
     loud = run("--verbose")                  # the filter is what hides them: they are there without it
     assert loud.returncode == 0 and any(n in loud.stderr for n in noise)
     assert not [p.name for p in tmp.iterdir() if p.name.startswith("blender_")]
@@ -339,6 +342,8 @@ def test_cli_face_option_picks_one_face_of_a_group_photo(tmp_path):
     r = cli("reconstruct", group, "--face", "1", "--model", "facemask", "--report-dir", report, "--blend", blend,
             timeout=600)
     assert r.returncode == 0, r.stderr
+    # the job's warning (several faces) is printed once, on stderr, as a warning
+    assert (r.stdout + r.stderr).count("5 faces found") == 1 and "warning: 5 faces found" in r.stderr, r.stdout + r.stderr
     face = json.loads((report / "params.json").read_text())["face"]
     assert face["index"] == 1 and face["count"] == 5
     centres = [(b[0] + b[2]) / 2 for b in face["boxes"]]

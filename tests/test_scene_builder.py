@@ -346,6 +346,9 @@ def test_reconstruct_operator_builds_head(empty_scene, tmp_path, monkeypatch, ca
     assert "FaceForge: fitting 100%" in capsys.readouterr().out
     job = bpy.context.window_manager.faceforge_job
     assert job.last_state == "FINISHED" and job.last_message.startswith("Built 'TestHead'")
+    # the warning is kept for the panel's result box (drawn under the message) until the next job
+    from blender_addon.widgets import last_warnings
+    assert last_warnings(job) == ["low light"]
 
 
 def test_reconstruct_operator_failure_rolls_back(empty_scene, tmp_path, monkeypatch):

@@ -115,8 +115,7 @@ class FACEFORGE_OT_import_arkit_recording(BrowseFirst, JobOperator, bpy.types.Op
             msg += f"; no shape key for: {_listed(drive.unused)}"
         if drive.not_recorded:
             msg += f"; not in the recording: {_listed(drive.not_recorded)}"
-        for w in rec.warnings:
-            self.report({"WARNING"}, w)
+        self.add_warnings(rec.warnings)
         return msg
 
 

@@ -133,11 +133,7 @@ class FACEFORGE_OT_fit_codes_to_mesh(EngineOptions, JobOperator, bpy.types.Opera
         head = built["mesh"]
         head["faceforge_params"] = json.dumps(fit.params_json(model))
         head["faceforge_source_mesh"] = self._source
-        warnings = warnings_of(fit)
-        if warnings:
-            head["faceforge_warnings"] = json.dumps(warnings)
-        for w in warnings:
-            self.report({"WARNING"}, w)
+        self.add_warnings(warnings_of(fit), head)
         e = fit.error_mm
         x, y, z = built["location"]
         return (f"Built '{head.name}' from '{self._source}' ({fit.input_vertices} vertices): the mesh lies "

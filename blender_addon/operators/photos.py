@@ -83,11 +83,7 @@ class FACEFORGE_OT_reconstruct_photos(BrowseFirst, EngineOptions, JobOperator, b
         model_name = getattr(getattr(rec, "model", None), "name", None)
         if model_name:
             head["faceforge_model"] = str(model_name)
-        warnings = warnings_of(rec)
-        if warnings:
-            head["faceforge_warnings"] = json.dumps(warnings)
-        for w in warnings:
-            self.report({"WARNING"}, w)
+        self.add_warnings(warnings_of(rec), head)
         if len(self._inputs) == 1 and os.path.isdir(self._inputs[0]):
             context.scene.faceforge.photos_dir = self._inputs[0]
         w, h = image.size

@@ -155,16 +155,12 @@ class FACEFORGE_OT_reconstruct_photo(BrowseFirst, EngineOptions, JobOperator, bp
         if model_name:
             head["faceforge_model"] = str(model_name)
         head["faceforge_params"] = json.dumps(pipeline.fit_params_json(rec))
-        warnings = warnings_of(rec)
-        if warnings:
-            head["faceforge_warnings"] = json.dumps(warnings)
+        self.add_warnings(warnings_of(rec), head)
         outputs = {}
         if self.output_dir:
             out_dir = bpy.path.abspath(self.output_dir)
             os.makedirs(out_dir, exist_ok=True)
             outputs = pipeline.save_outputs(rec, out_dir) or {}
-        for w in warnings:
-            self.report({"WARNING"}, w)
         settings = context.scene.faceforge
         settings.photo_path = self.filepath           # (resets the face choice: set it after)
         settings.faces_found = len(getattr(rec, "face_boxes", None) or ())

@@ -8,7 +8,6 @@ it; the scene takes the clip's fps and frame range (Blender frame = clip frame +
 scene/animation.py).
 """
 
-import json
 import os
 
 import bpy
@@ -42,10 +41,7 @@ def build_tracked_head(op, context, result, source: str, track_path: str = "", s
     warnings = warnings_of(result)
     if not media_kind(anim.video_path):
         warnings.append(f"The video '{anim.video_path}' was not found: the camera has no background.")
-    if warnings:
-        head["faceforge_warnings"] = json.dumps(warnings)
-    for w in warnings:
-        op.report({"WARNING"}, w)
+    op.add_warnings(warnings, head)
     first, last = built["actions"]["frames"]
     scene = context.scene
     fps = scene.render.fps / scene.render.fps_base
