@@ -16,6 +16,7 @@ With Blender as a Python module (``pip install bpy``), as the ``faceforge`` cons
     faceforge preview-implicit head.ffimplicit.pt --frame 40 --out frame40.png
     python blender_addon/cli.py reconstruct photo.jpg --out head.fbx
     faceforge model-info generic_model.pkl
+    faceforge batch clips/ --out results/          (or a .toml/.csv manifest; --address auto for a Ray cluster)
 
 Progress lines go to stdout, errors to stderr. Exit codes: 0 success, 1 FaceForge error,
 2 usage error. The process ends with ``os._exit`` because bpy + torch (+ the glTF exporter)
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load a FLAME .pkl or FaceForge .npz model (finding its landmarks) and print "
                                    "its vertices, identity / expression sizes and joints.")
     m.add_argument("model", help="'builtin' or a model file")
+    _add_batch_parser(sub)
     return parser
 
 
@@ -591,6 +593,127 @@ def model_info(args) -> int:
     return EXIT_OK
 
 
+def _add_batch_parser(sub) -> None:
+    b = sub.add_parser("batch", help="run many jobs (clips, photos, photo sets) on Ray, resumable",
+                       description="Run a folder of clips / photos / photo folders, or a manifest (.toml / .csv: one "
+                                   "job a row), through FaceForge on Ray: a local instance by default, an existing "
+                                   "cluster with --address. Each job writes its own folder in --out at once; the "
+                                   "ledger (batch.sqlite there) makes a re-run skip finished work. Ctrl+C stops "
+                                   "cleanly; run the same command again to continue.")
+    b.add_argument("source", metavar="FOLDER_OR_MANIFEST",
+                   help="a folder (videos -> track, photos -> photo, subfolders of photos -> photos) or a manifest")
+    b.add_argument("--out", metavar="DIR", required=True, help="output folder (one subfolder per job, the ledger, "
+                                                              "report.md / report.html)")
+    b.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:port' (default: start a "
+                                                   "local Ray instance on this machine)")
+    b.add_argument("--cpus-per-job", type=float, default=1.0, help="CPUs each job asks Ray for (default 1)")
+    b.add_argument("--gpus-per-job", type=float, default=0.0,
+                   help="GPUs each job asks Ray for (default 0; a job with a GPU share runs on cuda)")
+    b.add_argument("--max-retries", type=int, default=2,
+                   help="retries of a job whose worker died or whose command crashed (default 2)")
+    b.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="stop a job after this many seconds and report it (default 0: no limit)")
+    b.add_argument("--num-cpus", type=int, default=None,
+                   help="cores the local Ray instance may use (default: all; ignored with --address)")
+    b.add_argument("--model", default=None, help="model for jobs that name none (default 'ict')")
+    b.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                   help="device for jobs that name none (default auto: cuda when the job has a GPU share)")
+    b.add_argument("--outputs", default=None, metavar="fbx,glb,blend",
+                   help="which rig files each job writes (default all three)")
+    b.add_argument("--retry-failed", action="store_true",
+                   help="also re-run jobs that failed before on unchanged inputs")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar (one line per finished job)")
+
+
+def _batch_job_command(engine) -> tuple:
+    """How a Ray worker runs one job (the same command a single run is), and the paths its Python needs.
+    Inside Blender's own executable each job is a background Blender; with the bpy module, this script."""
+    cli = str(Path(__file__).resolve())
+    if "bpy" in sys.modules and engine.in_blender_binary():
+        import bpy
+        deps = importlib.import_module(addon_package().__name__ + ".dependencies")
+        deps.add_deps_to_path()
+        return [bpy.app.binary_path, "-b", "--factory-startup", "--python", cli, "--"], [str(deps.deps_dir())]
+    return ["@PYTHON@", cli], []
+
+
+def batch(args, parser) -> int:
+    engine = importlib.import_module(f"{addon_package().__name__}.engine")
+    core = engine.core
+    batch_mod = importlib.import_module(f"{core.__name__}.batch")
+    if args.cpus_per_job <= 0 and args.gpus_per_job <= 0:
+        parser.error("--cpus-per-job and --gpus-per-job cannot both be 0")
+    if args.cpus_per_job < 0 or args.gpus_per_job < 0 or args.max_retries < 0 or args.timeout < 0:
+        parser.error("--cpus-per-job, --gpus-per-job, --max-retries and --timeout must be 0 or more")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        parser.error("--num-cpus must be at least 1")
+    overrides = {k: v for k, v in (("model", args.model), ("device", args.device), ("outputs", args.outputs))
+                 if v is not None}
+    command, python_path = _batch_job_command(engine)
+    try:
+        jobs = batch_mod.load_jobs(args.source, overrides)
+    except core.errors.FaceForgeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    options = batch_mod.BatchOptions(address=args.address, cpus_per_job=args.cpus_per_job,
+                                     gpus_per_job=args.gpus_per_job, max_retries=args.max_retries,
+                                     timeout_s=args.timeout, num_cpus=args.num_cpus, retry_failed=args.retry_failed,
+                                     verbose=args.verbose)
+    where = args.address or f"a local Ray instance ({args.num_cpus or os.cpu_count()} CPUs)"
+    print(f"FaceForge: batch of {len(jobs)} job(s) from {args.source} on {where} -> {os.path.abspath(args.out)}",
+          flush=True)
+    show = _BatchProgress(quiet=args.no_progress)
+    try:
+        summary = batch_mod.run_batch(jobs, args.out, options, cli_command=command, on_update=show,
+                                      python_path=python_path)
+    except core.errors.FaceForgeError as e:
+        show.close()
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    show.close()
+    width = max([len(r["name"]) for r in summary.rows] + [3])
+    print(f"{'job':<{width}}  {'kind':<11} {'state':<9} {'time s':>7} {'tries':>5}  error")
+    for r in summary.rows:
+        secs = f"{r['seconds']:.1f}" if r["seconds"] is not None else ""
+        error = (r["error"] or "").splitlines()[0][:100] if r["error"] else ""
+        print(f"{r['name']:<{width}}  {r['kind']:<11} {r['state']:<9} {secs:>7} {r['attempts'] or 0:>5}  {error}")
+    print("FaceForge: " + ", ".join(f"{k}: {v}" for k, v in summary.as_dict().items()), flush=True)
+    print(f"FaceForge: report {summary.report.get('report.html', '')}", flush=True)
+    if summary.interrupted:
+        print("FaceForge: stopped; run the same command again to continue.", flush=True)
+        return 130
+    return EXIT_OK if summary.ok and not summary.skipped_failed else EXIT_ERROR
+
+
+class _BatchProgress:
+    """The batch's live line: a tqdm bar (done / failed / running, ETA), or a line per finished job."""
+
+    def __init__(self, quiet: bool = False):
+        self.bar, self.quiet, self.last = None, quiet, None
+
+    def __call__(self, c: dict) -> None:
+        finished = c["done"] + c["failed"] + c["crashed"] + c["timeout"]
+        todo = c["total"] - c["skipped"] - c["skipped_failed"]
+        text = (f"done {c['done']}, failed {c['failed'] + c['crashed'] + c['timeout']}, running {c['running']}"
+                + (f", skipped {c['skipped'] + c['skipped_failed']}" if c["skipped"] + c["skipped_failed"] else ""))
+        if self.quiet or not todo:
+            if finished != self.last:
+                print(f"FaceForge: {finished}/{todo} jobs: {text}", flush=True)
+            self.last = finished
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=todo, unit="job", desc="FaceForge batch", dynamic_ncols=True)
+        self.bar.n = finished
+        self.bar.set_postfix_str(text, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def main(args=None) -> int:
     """Run one command; ``args`` are the command's own arguments (default: from sys.argv)."""
     parser = build_parser()
@@ -616,6 +739,8 @@ def main(args=None) -> int:
             return apply_style(args, parser)
         if args.command == "train-deformer":
             return train_deformer(args)
+        if args.command == "batch":
+            return batch(args, parser)
         parser.error(f"unknown command {args.command}")
     except UsageError:
         return EXIT_USAGE
