@@ -444,8 +444,10 @@ def test_fbx_and_glb_export_roundtrip(empty_scene, tmp_path):
     # independent reader: ufbx sees the mesh, the three blend shapes (with their weights) and the skin
     info = read_fbx_with_ufbx(fbx)
     assert info["meshes"] == [[len(rig.vertices), len(rig.faces)]]
-    assert info["channels"] == EXPR
-    assert np.allclose(info["weights"], [0.5, -1.2, 4.5], atol=1e-6)
+    # weights outside 0..1 (-1.2, 4.5) leave as _pos/_neg keys with scaled offsets, weights in [0, 1]
+    exported = ["jaw_open", "smile_pos", "brow_raise_pos", "smile_neg", "brow_raise_neg"]
+    assert info["channels"] == exported
+    assert np.allclose(info["weights"], [0.5, 0.0, 1.0, 1.0, 0.0], atol=1e-6)
     moved = [int((np.abs(d).max(1) > 1e-6).sum()) for d in rig.shape_key_deltas]
     assert info["offsets"][0] == moved[0] and info["offsets"][2] == moved[2]
     assert info["bones"] == rig.bones.names                       # add_leaf_bones=False: no *_end nodes
@@ -459,7 +461,7 @@ def test_fbx_and_glb_export_roundtrip(empty_scene, tmp_path):
     assert len(meshes) == 1
     me = meshes[0].data
     assert len(me.vertices) == len(rig.vertices)
-    assert [k.name for k in me.shape_keys.key_blocks][1:] == EXPR
+    assert [k.name for k in me.shape_keys.key_blocks][1:] == exported
     assert any(o.type == "ARMATURE" for o in bpy.context.scene.objects)
 
     # GLB: binary glTF with one morph target per expression
@@ -468,8 +470,8 @@ def test_fbx_and_glb_export_roundtrip(empty_scene, tmp_path):
     jlen = struct.unpack("<I", data[12:16])[0]
     gltf = json.loads(data[20:20 + jlen])
     prim = gltf["meshes"][0]["primitives"][0]
-    assert len(prim["targets"]) == 3
-    assert gltf["meshes"][0]["extras"]["targetNames"] == EXPR
+    assert len(prim["targets"]) == 5
+    assert gltf["meshes"][0]["extras"]["targetNames"] == exported
     assert len(gltf.get("skins", [])) == 1
 
 

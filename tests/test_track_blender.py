@@ -369,6 +369,19 @@ def validate_gltf(path) -> dict:
     return json.loads(r.stdout)
 
 
+def glb_floats(path, gltf: dict, accessor: int) -> np.ndarray:
+    """The float32 values of one accessor of a .glb (its binary chunk)."""
+    data = Path(path).read_bytes()
+    n = struct.unpack("<I", data[12:16])[0]
+    binary = data[20 + n + 8:]
+    acc = gltf["accessors"][accessor]
+    view = gltf["bufferViews"][acc["bufferView"]]
+    width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}[acc["type"]]
+    assert acc["componentType"] == 5126 and view.get("byteStride", 4 * width) == 4 * width
+    start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+    return np.frombuffer(binary, np.float32, acc["count"] * width, start)
+
+
 def read_glb(path) -> dict:
     data = Path(path).read_bytes()
     assert data[:4] == b"glTF"
@@ -451,6 +464,7 @@ def test_synthetic_animation_exports_on_this_blender(empty_scene, tmp_path):
     joints + root + expressions survive FBX (Blender's importer) and the GLB passes glTF-Validator."""
     rig = animated_rig(tmp_path, T=12, fps=25.0, frame_start=0)
     rig.animation.shape_key_values[6, 2] = 2.0
+    rig.animation.shape_key_values[:, 1] = -np.abs(rig.animation.shape_key_values[:, 1]) - 0.3
     out = head_builder.build_head(bpy.context, rig)
     head, arm, scene = out["mesh"], out["armature"], bpy.context.scene
     ref = {}
@@ -458,9 +472,18 @@ def test_synthetic_animation_exports_on_this_blender(empty_scene, tmp_path):
         scene.frame_set(f)
         ref[f] = (evaluated_world_vertices(head), {b: pose_deform(arm, b) for b in rig.bones.names})
     fbx, glb = tmp_path / "synthetic.fbx", tmp_path / "synthetic.glb"
+    user_keys = [kb.name for kb in head.data.shape_keys.key_blocks]
+    objects, meshes, actions = len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.actions)
     assert bpy.ops.faceforge.export_fbx(filepath=str(fbx)) == {"FINISHED"}
     assert bpy.ops.faceforge.export_gltf(filepath=str(glb)) == {"FINISHED"}
+    # the user's head is untouched: same name, keys and data-blocks (the split copy is gone)
+    assert [kb.name for kb in head.data.shape_keys.key_blocks] == user_keys and head.name == rig.name
+    assert (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.actions)) == (objects, meshes, actions)
     gltf = read_glb(glb)
+    morph = [s for c, s in zip(gltf["animations"][0]["channels"], gltf["animations"][0]["samplers"])
+             if c["target"]["path"] == "weights"][0]
+    weights = glb_floats(glb, gltf, morph["output"])
+    assert weights.min() >= -1e-6 and weights.max() <= 1 + 1e-6 and weights.max() > 0.5   # every weight in [0, 1]
     (anim,) = gltf["animations"]
     targets = {(gltf["nodes"][c["target"]["node"]]["name"], c["target"]["path"]) for c in anim["channels"]}
     assert {("jaw", "rotation"), ("root", "translation"), (head.name, "weights")} <= targets
@@ -472,8 +495,10 @@ def test_synthetic_animation_exports_on_this_blender(empty_scene, tmp_path):
     scene = bpy.context.scene
     mesh = next(o for o in scene.objects if o.type == "MESH")
     arm2 = next(o for o in scene.objects if o.type == "ARMATURE")
-    for kb in mesh.data.shape_keys.key_blocks[1:]:
-        kb.slider_max, kb.slider_min = 10.0, -10.0
+    # keys keyed outside 0..1 came out as _pos/_neg pairs: the importer's 0..1 sliders clamp nothing
+    keys = [kb.name for kb in mesh.data.shape_keys.key_blocks[1:]]
+    assert "smile_pos" in keys and "smile_neg" in keys and "brow_raise_pos" in keys, keys
+    assert all(kb.slider_min >= 0 for kb in mesh.data.shape_keys.key_blocks[1:])
     for f, (verts, deform) in ref.items():
         scene.frame_set(f)
         assert np.abs(evaluated_world_vertices(mesh) - verts).max() < 1e-4, f

@@ -1,8 +1,9 @@
 """Export the active FaceForge head (mesh + its armature) as FBX or glTF binary, shape keys kept.
 
-A tracked (animated) head exports its animation too: the root bone's motion, the joints and the
-expression shape-key values on every frame of the scene range (FBX: baked curves + blend-shape
-channels; glTF: one animation with node and morph-weight channels).
+Shape-key weights leave in [0, 1] (``scene.export_keys``: keys keyed outside it become _pos/_neg
+pairs), since FBX/glTF readers clamp them. A tracked (animated) head exports its animation too: the
+root bone's motion, the joints and the expression shape-key values on every frame of the scene range
+(FBX: baked curves + blend-shape channels; glTF: one animation with node and morph-weight channels).
 """
 
 import os
@@ -11,6 +12,7 @@ import bpy
 from bpy.props import StringProperty
 from bpy_extras.io_utils import ExportHelper
 
+from ..scene.export_keys import export_copy
 from ..scene.lookup import find_head, rig_of
 from ..scene.rollback import restore_selection
 
@@ -70,10 +72,12 @@ class _ExportHead:
                 bpy.ops.object.mode_set(mode="OBJECT")
             for o in selected:
                 o.select_set(False)
-            for o in objs:
-                o.select_set(True)
-            view_layer.objects.active = head
-            self.export(context, path, head, rig)
+            # keys keyed outside 0..1 leave as _pos/_neg pairs that readers don't clamp (a temporary copy)
+            with export_copy(context, head) as target:
+                for o in [target] + objs[1:]:
+                    o.select_set(True)
+                view_layer.objects.active = target
+                self.export(context, path, target, rig)
         except Exception as e:
             self.report({"ERROR"}, f"Export failed: {e}")
             return {"CANCELLED"}

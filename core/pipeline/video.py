@@ -11,7 +11,7 @@ from ..jobs import ensure_progress
 from ..models import MorphableModel, embedded_name, load_model
 from ..models.arkit import expand_key_values
 from ..rig import BoneSpec, CameraSpec, HeadAnimation, HeadRig
-from ..rig.model_rig import expression_shape_keys, model_topology
+from ..rig.model_rig import expression_shape_keys, key_values, model_topology
 
 
 @dataclass
@@ -80,7 +80,7 @@ def head_rig_from_track(model: MorphableModel, track) -> HeadRig:
     camera = CameraSpec(focal_px=float(track.focal), width=int(W), height=int(H), rotation=R0, translation=t0,
                         cx=float(track.cx), cy=float(track.cy), image_path=track.video_path)
     values = np.zeros((T, model.n_expr), np.float32)
-    values[:, : track.expr.shape[1]] = track.expr
+    values[:, : track.expr.shape[1]] = key_values(model, track.expr)
     key_names, deltas, _ = expression_shape_keys(model)
     values = expand_key_values(values, len(key_names))      # combined ARKit keys stay at 0
     anim = HeadAnimation(fps=float(track.fps), frame_start=int(track.frame_start), shape_key_values=values,

@@ -78,4 +78,15 @@ def expression_shape_keys(model: MorphableModel, values=None):
     if values is not None:
         values = np.asarray(values, np.float32).reshape(-1)
         v[: len(values)] = values[: model.n_expr]
-    return rig_shape_keys(model.expr_names, model.expr_basis, v)
+    return rig_shape_keys(model.expr_names, model.expr_basis, key_values(model, v))
+
+
+def key_values(model: MorphableModel, values) -> np.ndarray:
+    """Expression values (..., K) as shape-key weights: inside the model's range for blendshape models
+    (ICT-FaceKit, ARKit: 0..1). The fitters' range penalty leaves them a hair outside (-0.003): what
+    leaves FaceForge must sit inside each key's slider, or readers clamp it (``key_ranges``)."""
+    values = np.asarray(values, np.float32)
+    if model.expr_range is None:
+        return values
+    lo, hi = model.expr_range
+    return np.clip(values, lo, hi)

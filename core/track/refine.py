@@ -21,6 +21,7 @@ from ..fit.photometric import PhotometricTarget
 from ..jobs import ensure_progress
 from ..models.morphable import axis_angle_to_matrix
 from ..render.camera import project
+from ..rig.model_rig import key_values
 from .smoothing import one_euro_zero_phase
 from .track_file import Track, check_model
 from .video import open_frames
@@ -104,7 +105,7 @@ def refine_photometric(track: Track, model, device="auto", progress=None, steps:
     d_e = one_euro_zero_phase(d_e, track.fps, min_cutoff, beta)
     d_r = one_euro_zero_phase(d_r, track.fps, min_cutoff, beta)
     d_t = one_euro_zero_phase(d_t, track.fps, min_cutoff, beta)
-    expr = (expr + d_e).astype(np.float32)
+    expr = key_values(model, expr + d_e)             # blendshape weights stay in their range
     rot = (axis_angle_to_matrix(torch.as_tensor(d_r, dtype=torch.float32)) @ torch.as_tensor(rot)).numpy()
     trans = (trans + d_t).astype(np.float32)
     elapsed = time.perf_counter() - t0

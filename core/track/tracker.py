@@ -32,6 +32,7 @@ from ..jobs import ensure_progress
 from ..models import load_model
 from ..models.morphable import axis_angle_to_matrix
 from ..render.camera import project
+from ..rig.model_rig import key_values
 from .smoothing import fill_gaps, one_euro_zero_phase
 from .track_file import Track, model_fingerprint
 from .video import open_frames
@@ -232,7 +233,7 @@ def track_video(video, model=None, device="auto", progress=None, config: Optiona
     return Track(
         video_path=str(Path(str(video)).resolve()) if src.kind == "video" else str(video), fps=src.fps,
         frame_start=start, image_size=(src.height, src.width), model_name=mm.name, model_source=mm.source,
-        model_fingerprint=model_fingerprint(mm), shape=shape.astype(np.float32), expr=expr_all.astype(np.float32),
+        model_fingerprint=model_fingerprint(mm), shape=shape.astype(np.float32), expr=key_values(mm, expr_all),
         joint_pose=joint_all.astype(np.float32), rotation=R_all.astype(np.float32),
         translation=t_all.astype(np.float32), focal=float(focal), cx=cx, cy=cy, valid=valid,
         confidence=confidence, landmarks=landmarks2d.astype(np.float32), warnings=warnings,
