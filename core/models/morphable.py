@@ -406,16 +406,18 @@ class LandmarkLayer(torch.nn.Module):
     regressor is folded into the bases, so a 5k-vertex FLAME costs about what the 468-vertex
     built-in model does, and thousands of frames can be evaluated in one batch."""
 
-    def __init__(self, full: MorphableLayer):
+    def __init__(self, full: MorphableLayer, faces: Optional[torch.Tensor] = None, bary: Optional[torch.Tensor] = None):
+        """``faces`` (P, 3) vertex ids and ``bary`` (P, 3): any surface points instead of the model's
+        landmarks (artists' pins use the same restricted evaluation)."""
         super().__init__()
-        if full.model.landmarks is None:
+        if faces is None and full.model.landmarks is None:
             raise ModelFileError(f"Model '{full.model.name}' has no landmark correspondences yet.")
         self.full = full
         self.n_shape, self.n_expr = full.n_shape, full.n_expr
-        lm_faces = full.lm_faces                                              # (L, 3) vertex ids
+        lm_faces = full.lm_faces if faces is None else faces                 # (L, 3) vertex ids
         ids, inverse = torch.unique(lm_faces.reshape(-1), return_inverse=True)
         self.register_buffer("local_faces", inverse.reshape(-1, 3))
-        self.register_buffer("lm_bary", full.lm_bary)
+        self.register_buffer("lm_bary", full.lm_bary if bary is None else bary)
         V = full.model.n_vertices
         S = len(ids)
         rows = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).reshape(-1)   # (S*3,)
