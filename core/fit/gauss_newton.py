@@ -16,13 +16,18 @@ import torch
 
 def levenberg_marquardt(residuals: Callable, theta0, iters: int = 15, free: Optional[torch.Tensor] = None,
                         damping: float = 1e-3, tol: float = 1e-7, jacobian: Optional[Callable] = None,
-                        step: Optional[Callable] = None) -> tuple:
+                        step: Optional[Callable] = None, held: Optional[Callable] = None,
+                        project: Optional[Callable] = None) -> tuple:
     """Minimise 0.5 ||residuals(theta)||^2 from ``theta0``. Returns (theta, final cost, iterations).
 
     By default theta is a 1-D tensor, its Jacobian comes from forward-mode autodiff and a step adds
     to it. A problem with its own parameterisation passes ``jacobian(theta) -> (n_res, n_params)``
     and ``step(theta, delta) -> theta`` (e.g. a rotation updated multiplicatively); theta is then
     whatever those two understand. ``free`` (bool, n_params) limits the step to some parameters.
+    Bounds (with ``jacobian``): ``project(theta, delta) -> delta`` clips a step at them (the gain
+    ratio then uses the decrease predicted for the clipped step), and ``held(theta, gradient) -> bool
+    (n_params)`` holds the parameters sitting on a bound that the gradient pushes across, for one
+    iteration (an active set).
 
     Damping follows Nielsen's rule: shrink after a step that lowered the cost, grow after one that
     did not (the step is then retried from the same point)."""
@@ -43,7 +48,12 @@ def levenberg_marquardt(residuals: Callable, theta0, iters: int = 15, free: Opti
         else:
             J = jacobian(theta)
             n = J.shape[1]
-            idx = torch.arange(n, device=J.device) if free is None else torch.nonzero(free).flatten()
+            mask = torch.ones(n, dtype=torch.bool, device=J.device) if free is None else free
+            if held is not None:
+                mask = mask & ~held(theta, J.T @ r)
+            idx = torch.nonzero(mask).flatten()
+            if len(idx) == 0:
+                break
             J = J[:, idx]
         g = J.T @ r
         H = J.T @ J
@@ -51,6 +61,9 @@ def levenberg_marquardt(residuals: Callable, theta0, iters: int = 15, free: Opti
         while True:
             delta = torch.linalg.solve(H + lam * torch.diag(diag), -g)
             full = torch.zeros(n, dtype=delta.dtype, device=delta.device).index_put((idx,), delta)
+            if project is not None:
+                full = project(theta, full)
+                delta = full[idx]
             cand = step(theta, full)
             r_new = residuals(cand)
             new_cost = 0.5 * float((r_new * r_new).sum())
