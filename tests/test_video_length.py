@@ -21,6 +21,7 @@ import blender_addon  # noqa: E402
 from tests.blender_support import addon_registered, empty_scene  # noqa: E402,F401  (fixtures)
 from blender_addon.scene import head_builder  # noqa: E402
 from core.errors import InputError  # noqa: E402
+from core.track.shots import runs  # noqa: E402
 from core.track.smoothing import fill_gaps  # noqa: E402
 from core.track.tracker import gap_warnings, track_video  # noqa: E402
 from core.track.video import open_frames  # noqa: E402
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.blender
 
 HEADER_FRAMES = 60
 SHORT_GAP = (10, 12)      # interpolated (max_gap is 12)
-LONG_GAP = (20, 36)       # held
+LONG_GAP = (20, 36)       # hidden
 
 
 def _boxes(buf, start, end):
@@ -150,7 +151,7 @@ def test_track_has_the_decoded_length_and_one_clear_warning(track, truncated_cli
     missing = int((~track.valid).sum())
     assert not track.valid[SHORT_GAP[0]:SHORT_GAP[1]].any() and not track.valid[LONG_GAP[0]:LONG_GAP[1]].any()
     short = [w for w in track.warnings if "interpolated" in w]
-    held = [w for w in track.warnings if "held" in w]
+    held = [w for w in track.warnings if "hidden" in w]
     assert len(short) == 1 and len(held) == 1, track.warnings
     n_short = int(short[0].split("No face in ")[1].split(" frame")[0])
     n_held = int(held[0].split("(")[1].split(" frame")[0])
@@ -172,16 +173,17 @@ def test_frame_ranges_are_checked_against_the_decoded_count(truncated_clip, trac
 
 def test_gap_warnings_count_every_missing_frame_once():
     valid = np.ones(40, bool)
-    valid[:2] = False          # clip start: held even though short
+    valid[:2] = False          # clip start: hidden even though short
     valid[10:13] = False       # short: interpolated
-    valid[20:35] = False       # long: held
-    valid[38:] = False         # clip end: held
+    valid[20:35] = False       # long: hidden
+    valid[38:] = False         # clip end: hidden
     _, held = fill_gaps(np.zeros((40, 1)), valid, max_gap=12)
     assert held == [(0, 2), (20, 35), (38, 40)]
+    assert held == runs(~np.isin(np.arange(40), np.arange(40)[np.r_[2:20, 35:38]]))   # = outside the segments
     msgs = gap_warnings(valid, held, start=100, max_gap=12)
     assert msgs == ["No face in 3 frames in short gaps (at most 12 frames each): the pose is interpolated there.",
-                    "No face in frames 100-101, 120-134, 138-139 (19 frames): the pose is held from the nearest "
-                    "frame with a face."]
+                    "No face in frames 100-101, 120-134, 138-139 (19 frames): the head is hidden there (keyed "
+                    "visibility): a gap this long is never bridged."]
     assert gap_warnings(np.ones(5, bool), [], 0, 12) == []
 
 
@@ -198,6 +200,6 @@ def test_blender_scene_spans_the_decoded_frames(truncated_clip, empty_scene):
     import json
     warnings = json.loads(head["faceforge_warnings"])
     assert sum("header says" in w for w in warnings) == 1
-    assert sum("interpolated" in w for w in warnings) == 1 and sum("held" in w for w in warnings) == 1
+    assert sum("interpolated" in w for w in warnings) == 1 and sum("hidden" in w for w in warnings) == 1
     message = bpy.context.window_manager.faceforge_job.last_message
     assert f"animated over {decoded} frames (scene frames 1-{decoded}" in message

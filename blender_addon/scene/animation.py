@@ -199,7 +199,8 @@ def fps_settings(fps: float) -> tuple:
 def animate_head(context, rig, mesh_obj, arm_obj, model_to_blender: np.ndarray) -> dict:
     """Key ``rig.animation`` on the head's shape keys and armature and set the scene's fps and range.
 
-    Returns ``{"shape_keys": action or None, "armature": action or None, "frames": (first, last)}``.
+    Returns ``{"shape_keys": action or None, "armature": action or None, "frames": (first, last)}``
+    (+ ``"visibility"``: the mesh's action hiding it on frames without a tracked face, when there are any).
     """
     anim = rig.animation
     T = anim.n_frames
@@ -253,6 +254,18 @@ def animate_head(context, rig, mesh_obj, arm_obj, model_to_blender: np.ndarray) 
                 for i in range(4):
                     write_keys(fcurve(action, path, i, str(names[j])), frames, qj[:, i])
         out["armature"] = action
+
+    # frames without a tracked face (long gaps, another person): the head is hidden, keyed on the
+    # frames where that changes (constant interpolation: no half-visible frames)
+    visible = getattr(anim, "visible", None)
+    if visible is not None and not np.asarray(visible, bool).all():
+        visible = np.asarray(visible, bool)
+        changes = np.concatenate([[0], np.flatnonzero(visible[1:] != visible[:-1]) + 1])
+        action = new_action(mesh_obj, f"{name}_visibility")
+        for prop in ("hide_viewport", "hide_render"):
+            write_keys(fcurve(action, prop, 0, "Visibility"), frames[changes], (~visible[changes]).astype(np.float64),
+                       interpolation="CONSTANT")
+        out["visibility"] = action
 
     # the scene plays the clip at its own rate over the tracked frames
     scene = context.scene

@@ -86,7 +86,8 @@ def head_rig_from_track(model: MorphableModel, track) -> HeadRig:
     anim = HeadAnimation(fps=float(track.fps), frame_start=int(track.frame_start), shape_key_values=values,
                          root_rotation=root_R.astype(np.float32), root_translation=root_t.astype(np.float32),
                          joint_pose=track.joint_pose.astype(np.float32) if model.joints is not None else None,
-                         valid=track.valid.copy(), video_path=track.video_path)
+                         valid=track.valid.copy(), video_path=track.video_path,
+                         visible=None if track.visible is None else track.visible.copy())
     return HeadRig(name=Path(str(track.video_path)).stem or "tracked_head", vertices=neutral.astype(np.float32),
                    faces=model.faces.copy(), shape_key_names=key_names, shape_key_deltas=deltas,
                    shape_key_values=values[ref].copy(), vertex_colors=(model.albedo_mean.copy()

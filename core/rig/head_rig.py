@@ -54,6 +54,7 @@ class HeadAnimation:
     root_translation: np.ndarray    # (T, 3)
     joint_pose: Optional[np.ndarray] = None  # (T, J-1, 3) axis-angle of the non-root joints
     valid: Optional[np.ndarray] = None       # (T,) a face was seen (others are interpolated)
+    visible: Optional[np.ndarray] = None     # (T,) the head is shown (None: always); hidden in long gaps
     video_path: Optional[str] = None
 
     @property

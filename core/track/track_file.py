@@ -21,9 +21,15 @@ rotation           (T, 3, 3)      model -> camera rotation (OpenCV camera axes)
 translation        (T, 3)         model -> camera translation, metres
 focal, cx, cy      ()             pinhole intrinsics in pixels (shared by the clip)
 valid              (T,)  bool     a face was detected in this frame
+visible            (T,)  bool     the head is shown (optional, all when absent): False in long gaps,
+                                  the clip's faceless ends and frames of another person
 confidence         (T,)  float32  0..1: detection and fit quality (0 where interpolated)
 landmarks          (T, 478, 2)    the detector's points (pixels; NaN where none)
 warnings_json      ()             JSON list of messages (e.g. long gaps)
+pin_frame          (P,)  int64    artists' pins (optional): the frame each pin is on (0 = first tracked)
+pin_face           (P,)  int64    the model triangle of the pinned surface point
+pin_bary           (P, 3)         its barycentric coordinates in that triangle
+pin_target         (P, 2)         the pixel it must be seen at in that frame
 ================== ============== =========================================================
 """
 
@@ -65,6 +71,8 @@ class Track:
     landmarks: Optional[np.ndarray] = None
     warnings: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    visible: Optional[np.ndarray] = None         # (T,) bool; None: every frame
+    pins: list = field(default_factory=list)     # core.fit.pins.Pin, view = frame (keyframe corrections)
 
     @property
     def n_frames(self) -> int:
@@ -102,6 +110,13 @@ def save_track(track: Track, path) -> str:
     )
     if track.landmarks is not None:
         arrays["landmarks"] = track.landmarks.astype(np.float32)
+    if track.visible is not None:
+        arrays["visible"] = np.asarray(track.visible, bool)
+    if track.pins:
+        arrays.update(pin_frame=np.array([p.view for p in track.pins], np.int64),
+                      pin_face=np.array([p.face for p in track.pins], np.int64),
+                      pin_bary=np.array([p.bary for p in track.pins], np.float32).reshape(-1, 3),
+                      pin_target=np.array([p.target for p in track.pins], np.float32).reshape(-1, 2))
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as fh:           # np.savez would append .npz to a bare name
         np.savez_compressed(fh, **arrays)
@@ -131,7 +146,9 @@ def load_track(path) -> Track:
             translation=data["translation"], focal=float(data["focal"]), cx=float(data["cx"]), cy=float(data["cy"]),
             valid=data["valid"], confidence=data["confidence"],
             landmarks=data["landmarks"] if "landmarks" in keys else None,
+            visible=data["visible"].astype(bool) if "visible" in keys else None,
             warnings=json.loads(str(data["warnings_json"])),
+            pins=_load_pins(data) if "pin_frame" in keys else [],
         )
     except KeyError as exc:
         raise InputError(f"{path.name} is missing the track field {exc}.") from exc
@@ -140,4 +157,12 @@ def load_track(path) -> Track:
                              ("valid", t.valid, (T,)), ("confidence", t.confidence, (T,))):
         if arr.shape != shape:
             raise InputError(f"{path.name}: '{name}' has shape {arr.shape}, expected {shape}.")
+    if t.visible is not None and t.visible.shape != (T,):
+        raise InputError(f"{path.name}: 'visible' has shape {t.visible.shape}, expected {(T,)}.")
     return t
+
+
+def _load_pins(data) -> list:
+    from ..fit.pins import Pin
+    return [Pin(int(f), tuple(float(x) for x in b), tuple(float(x) for x in t), int(fr))
+            for fr, f, b, t in zip(data["pin_frame"], data["pin_face"], data["pin_bary"], data["pin_target"])]
