@@ -1,0 +1,67 @@
+"""The Batch sub-panel's operators through the bpy module: jobs added from files, Run Batch writes the
+manifest and starts `faceforge batch` as its own process (a local Ray instance), the panel's timer
+follows the ledger to the end, and Import Results brings the finished head in."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import bpy
+import pytest
+
+import blender_addon
+from tests.blender_support import addon_registered, empty_scene  # noqa: F401  (fixtures)
+from tests.media import feat_data
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.blender
+
+
+def test_batch_panel_runs_the_cli_and_imports_the_results(empty_scene, tmp_path):
+    import cv2
+    import skimage.data
+
+    from core.batch import load_jobs
+
+    batch = blender_addon.operators.batch
+    media = tmp_path / "media"
+    media.mkdir()
+    shutil.copy(feat_data() / "single_face.jpg", media / "man.jpg")
+    cv2.imwrite(str(media / "coffee.png"), cv2.cvtColor(skimage.data.coffee(), cv2.COLOR_RGB2BGR))   # no face
+    scene = bpy.context.scene
+    scene.faceforge.model_source = "BUILTIN"          # the panel's model choice: the light face mask
+    settings = scene.faceforge_batch
+    bpy.ops.faceforge.batch_add(directory=str(media), files=[{"name": "man.jpg"}, {"name": "coffee.png"}])
+    assert [(i.kind, i.path) for i in settings.items] == [("photo", str(media / "man.jpg")),
+                                                           ("photo", str(media / "coffee.png"))]
+    out = tmp_path / "out"
+    settings.out_dir = str(out)
+    settings.write_fbx = False
+    assert bpy.ops.faceforge.batch_run.poll()
+    assert bpy.ops.faceforge.batch_run() == {"FINISHED"}
+    assert not bpy.ops.faceforge.batch_run.poll(), "one batch at a time"
+
+    jobs = load_jobs(out / "manifest.toml")
+    assert [(j.name, j.kind, j.model, j.outputs) for j in jobs] == [
+        ("man", "photo", "facemask", ("glb", "blend")), ("coffee", "photo", "facemask", ("glb", "blend"))]
+
+    # what bpy.app.timers does in a window: follow the batch once a second until its process ends
+    deadline = time.monotonic() + 240
+    while batch.poll_batch() is not None:
+        assert time.monotonic() < deadline, (out / "batch.log").read_text()[-3000:]
+        time.sleep(0.5)
+    run = batch.current_run()
+    log = (out / "batch.log").read_text()
+    assert run.returncode == 1, log[-3000:]            # one job failed: exit code 1
+    assert run.counts == {"done": 1, "failed": 1}, log[-3000:]
+    assert run.message.startswith("Finished: 1 done, 1 failed")
+    assert "No face found" in log and (out / "report.html").is_file()
+
+    assert bpy.ops.faceforge.batch_import() == {"FINISHED"}
+    collection = bpy.data.collections["man"]
+    meshes = [o for o in collection.objects if o.type == "MESH"]
+    assert meshes and len(meshes[0].data.vertices) == 468       # the face mask (its GLB splits UV seams: 490)
+    assert "coffee" not in bpy.data.collections
+    assert bpy.ops.faceforge.batch_import() == {"FINISHED"}       # again: nothing twice
+    assert len([c for c in bpy.data.collections if c.name.startswith("man")]) == 1
