@@ -198,7 +198,7 @@ def make_job(raw: dict, base: Path, where: str, defaults: dict = None) -> JobSpe
                    options=options, outputs=tuple(dict.fromkeys(outputs)))
 
 
-def _unique_names(jobs: list, explicit: set) -> list:
+def unique_names(jobs: list, explicit: set) -> list:
     """Output folders must differ: a repeated default name gets -2, -3...; a repeated explicit one is an error."""
     seen, out = set(), []
     for job in jobs:
@@ -245,7 +245,7 @@ def read_toml(path, overrides: dict = None) -> list:
         if row.get("name"):
             explicit.add(_clean_name(str(row["name"])))
         jobs.append(make_job(row, path.parent, f"{path.name}, job {i}", defaults))
-    return _unique_names(jobs, explicit)
+    return unique_names(jobs, explicit)
 
 
 def read_csv(path, overrides: dict = None) -> list:
@@ -271,7 +271,7 @@ def read_csv(path, overrides: dict = None) -> list:
         if job.get("name"):
             explicit.add(_clean_name(job["name"]))
         jobs.append(make_job(job, path.parent, f"{path.name}, line {i}", overrides))
-    return _unique_names(jobs, explicit)
+    return unique_names(jobs, explicit)
 
 
 def discover(folder, overrides: dict = None) -> list:
@@ -295,7 +295,7 @@ def discover(folder, overrides: dict = None) -> list:
                 jobs.append({"kind": "photos", "input": str(item), "name": item.name})
     if not jobs:
         raise InputError(f"No videos, photos or folders of photos in {folder}: nothing to do.")
-    return _unique_names([make_job(j, folder, f"{folder.name}/{Path(j['input']).name}", overrides)
+    return unique_names([make_job(j, folder, f"{folder.name}/{Path(j['input']).name}", overrides)
                           for j in jobs], set())
 
 
