@@ -371,3 +371,11 @@ def test_the_cli_reports_a_bad_manifest_without_starting_ray(tmp_path):
     assert proc.returncode == 1
     assert "bad.toml, job 1: input" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "o").exists()
+    # a cluster address where nothing answers: said at once (ray.init alone would retry for minutes)
+    good = tmp_path / "good.csv"
+    good.write_text(f"kind,input\nphoto,{feat_data() / 'single_face.jpg'}\n")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, CLI, "batch", str(good), "--out", str(tmp_path / "o"), "--address",
+                           "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "No Ray cluster answers at '127.0.0.1:1'" in proc.stderr
+    assert time.monotonic() - t0 < 30

@@ -134,11 +134,29 @@ def start_ray(options: BatchOptions, python_path: list = ()):
                  object_store_memory=int(options.object_store_mb) * 1024 * 1024,
                  runtime_env={"env_vars": env} if env else None, **quiet)
     else:
+        _check_reachable(options.address)
         try:
             ray.init(address=options.address, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise FaceForgeError(f"Cannot connect to the Ray cluster at '{options.address}': {e}") from None
     return ray, True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A head's host:port that does not answer fails now, with a message (ray.init would retry for minutes)."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise FaceForgeError(f"--address must be 'auto', 'host:port' or 'ray://host:port', got '{address}'.")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise FaceForgeError(f"No Ray cluster answers at '{address}' ({e}). Start one there (ray start --head), "
+                             "check the address, or leave --address out for a local instance.") from None
 
 
 def _capacity(ray, options: BatchOptions) -> int:
