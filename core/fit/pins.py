@@ -254,13 +254,15 @@ class PinSolver:
         ks, ke = self.ks, self.ke
         N = len(reference.views)
         dt = self.dtype
-        problems = []
+        problems, kept_rows = [], []
+        n01_shape, n01_expr = 0.0, [0.0] * N
         for i, v in enumerate(reference.views):
             vp = [p for p in pins if p.view == i]
             lm_ok = cfg.use_landmarks and v.landmarks is not None and v.face_size > 0
             T, B, n_lm = self.view_points(reference, i, vp, lm_ok)
             if T is None:
                 problems.append(None)
+                kept_rows.append(None)
                 continue
             T, B = T.to(dt), B.to(dt)
             target = torch.zeros(len(T), 3, dtype=dt)
@@ -281,15 +283,21 @@ class PinSolver:
                     d = torch.cdist(X[:n_lm], X[n_lm:]).min(1).values
                     sqrt_w[:n_lm] *= (d / cfg.landmark_release_m).clamp(max=1.0)
             # with landmarks the N(0, 1) priors complete the photo fit's objective (identity counted
-            # once over the views); without them the prior on the previous solution stands in
-            prior = torch.zeros(ks + ke, dtype=dt)
+            # once over the views); without them the prior on the previous solution stands in. They
+            # are merged with that prior below (one row per coefficient), so the problem's own prior
+            # rows stay zero and are dropped with its (unused) depth and focal rows
             if n_lm:
-                prior[:ks] = 1.0 / N
-                prior[ks:] = 1.0
+                n01_shape += 1.0 / N
+                n01_expr[i] = 1.0
+            L = len(T)
+            keep = [torch.arange(2 * L)]
+            if self.layer.expr_range is not None:
+                keep.append(torch.arange(3 * L + ks + ke, 3 * L + ks + 2 * ke))
+            kept_rows.append(torch.cat(keep))
             problems.append(LandmarkProblem(
-                T=T, B=B, n_shape=ks, target=target, sqrt_w=sqrt_w, scale=scale, sqrt_depth=0.0, prior=prior,
-                focal_prior=0.0, expr_range=self.layer.expr_range, bound=float(np.sqrt(cfg.expr_bound_weight)),
-                cx=float(v.cx), cy=float(v.cy)))
+                T=T, B=B, n_shape=ks, target=target, sqrt_w=sqrt_w, scale=scale, sqrt_depth=0.0,
+                prior=torch.zeros(ks + ke, dtype=dt), focal_prior=0.0, expr_range=self.layer.expr_range,
+                bound=float(np.sqrt(cfg.expr_bound_weight)), cx=float(v.cx), cy=float(v.cy)))
 
         ref = self._pack(reference)
         n_view = 6 + ke
@@ -309,7 +317,11 @@ class PinSolver:
         focals = [float(v.focal) for v in reference.views]
         rot_w = 1.0 / np.radians(cfg.rotation_sigma_deg)
         tr_w = 1.0 / cfg.translation_sigma
-        id_w, ex_w = 1.0 / cfg.identity_sigma, 1.0 / cfg.expression_sigma
+        # a^2 c^2 + b^2 (c - c0)^2 = (a^2 + b^2) (c - b^2 c0 / (a^2 + b^2))^2 + const: one row each
+        id_w = float(np.sqrt(n01_shape + cfg.identity_sigma ** -2))
+        id_c = ref[0] * (cfg.identity_sigma ** -2 / id_w ** 2)
+        ex_ws = [float(np.sqrt(a + cfg.expression_sigma ** -2)) for a in n01_expr]
+        ex_cs = [ref[3][i] * (cfg.expression_sigma ** -2 / ex_ws[i] ** 2) for i in range(N)]
 
         def rows(state, want_jacobian):
             shape, Rs, ts, exprs = state
@@ -320,8 +332,10 @@ class PinSolver:
                 c = torch.cat([shape, exprs[i]])
                 r, J = _residuals_and_jacobian(pb, Rs[i], ts[i], torch.zeros((), dtype=dt), focals[i], c, dists[i],
                                                want_jacobian)
+                r = r[kept_rows[i]]
                 rs.append(r)
                 if want_jacobian:
+                    J = J[kept_rows[i]]
                     full = torch.zeros(len(r), n, dtype=dt)
                     o = ks + i * n_view
                     full[:, o:o + 6] = J[:, :6]
@@ -330,13 +344,13 @@ class PinSolver:
                     Js.append(full)
             # the prior on the previous solution (rotation: the log of the relative rotation, whose
             # derivative under R <- exp(w) R is the identity to first order)
-            r_id = id_w * (shape - ref[0])
+            r_id = id_w * (shape - id_c)
             rs.append(r_id)
             r_pose, r_ex = [], []
             for i in range(N):
                 r_pose.append(rot_w * _log_so3(Rs[i] @ ref[1][i].T))
                 r_pose.append(tr_w * (ts[i] - ref[2][i]) / dists[i])
-                r_ex.append(ex_w * (exprs[i] - ref[3][i]))
+                r_ex.append(ex_ws[i] * (exprs[i] - ex_cs[i]))
             rs += r_pose + r_ex
             r = torch.cat(rs)
             if not want_jacobian:
@@ -348,7 +362,7 @@ class PinSolver:
                 Jp[ks + 6 * i:ks + 6 * i + 3, o:o + 3] = torch.eye(3, dtype=dt) * rot_w
                 Jp[ks + 6 * i + 3:ks + 6 * i + 6, o + 3:o + 6] = torch.eye(3, dtype=dt) * tr_w
                 e0 = ks + 6 * N + ke * i
-                Jp[e0:e0 + ke, o + 6:o + n_view] = torch.eye(ke, dtype=dt) * ex_w
+                Jp[e0:e0 + ke, o + 6:o + n_view] = torch.eye(ke, dtype=dt) * ex_ws[i]
             return r, torch.cat(Js + [Jp])
 
         def step(state, d):
