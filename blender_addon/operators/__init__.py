@@ -5,3 +5,7 @@ from . import arkit, export, implicit, mesh_codes, model, photos, reconstruct, s
 CLASSES = (reconstruct.CLASSES + photos.CLASSES + track.CLASSES + view.CLASSES + export.CLASSES + model.CLASSES
            + setup.CLASSES + arkit.CLASSES + stylize.CLASSES + mesh_codes.CLASSES
            + implicit.CLASSES)
+
+from . import pins  # noqa: E402  (artists' corrections: pin mode, reset)
+
+CLASSES += pins.CLASSES

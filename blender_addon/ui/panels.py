@@ -196,6 +196,8 @@ class FACEFORGE_PT_reconstruct(_Step, bpy.types.Panel):
                 op = flow.operator("faceforge.set_camera", text=cam.name,
                                    icon="RADIOBUT_ON" if current else "RADIOBUT_OFF", depress=current)
                 op.camera = cam.name
+        from ..operators.pins import draw_pin_panel      # corrections with pins: mode, locks, reset
+        draw_pin_panel(layout, context, head)
 
 
 class FACEFORGE_PT_rig(_Step, bpy.types.Panel):
