@@ -191,3 +191,76 @@ def test_panel_draws_pin_controls(empty_scene, ict):
     assert "faceforge.pin_mode" in ops and "faceforge.reset_pins" in ops
     assert props == ['["faceforge_lock_identity"]', '["faceforge_lock_expression"]', '["faceforge_lock_pose"]']
     assert "draw_pin_panel" in open(panels.__file__).read()
+
+
+def test_tracked_head_corrected_by_keyframe_pins(empty_scene, ict, tmp_path):
+    """A tracked head whose frames 20-40 were tracked wrong: pins added on frames 22 and 38 at the
+    pixels where the head shows seven features, dragged to where the features really are; Refine Track
+    re-keys the animation so that Blender shows the features of an unpinned frame in between (30) within
+    3 px of the truth (about 22 px off before), frames far from the span keep their keys, and the
+    refined track file carries the pins."""
+    from blender_addon.core.pipeline.video import rig_from_track_file
+    from core.fit.pins import PinSolver
+    from core.models import load_model as load_core_model
+    from core.track import save_track
+    from tests.test_pins import feature_pins, synthetic_track
+
+    core_ict = load_core_model("ict")
+    core_solver = PinSolver(core_ict.layer("cpu"))
+    truth, track = synthetic_track(core_ict)
+    path = str(tmp_path / "clip.fftrack.npz")
+    save_track(track, path)
+    res = rig_from_track_file(path, "ict")
+    built = head_builder.build_head(bpy.context, res.rig)
+    head = built["mesh"]
+    head["faceforge_model"] = "ict"
+    head["faceforge_track_file"] = path
+    head["faceforge_frames"] = [0, track.n_frames]
+    cam = bpy.context.scene.camera
+    assert pin_ops.is_tracked(head)
+    feats = [1, 152, 61, 291, 263, 33, 10]
+
+    def seen(frame, pins):
+        bpy.context.scene.frame_set(frame + 1)                       # Blender frame = clip frame + 1
+        return np.array([seen_px(head, p.face, p.bary, cam) for p in pins])
+
+    for k in (22, 38):
+        true_pins = feature_pins(core_ict, core_solver, truth(k), feats)
+        st = pin_ops._frame_state(head, k)
+        shown = pin_ops.solver_for(head)[1].pin_pixels(st, [pin_ops._core("fit.pins").Pin(p.face, p.bary, (0, 0), 0)
+                                                             for p in true_pins])
+        assert np.allclose(seen(k, true_pins), shown, atol=0.5)      # the track is what Blender shows
+        for p, px in zip(true_pins, shown):
+            i = pin_ops.add_track_pin(head, k, *px)
+            assert i is not None and pin_ops.track_frame(head, k + 1) == k
+            pin_ops.move_track_pin(head, i, *p.target)
+    mid = feature_pins(core_ict, core_solver, truth(30), feats)
+    far = feature_pins(core_ict, core_solver, truth(5), feats)
+    before_mid = np.linalg.norm(seen(30, mid) - np.array([p.target for p in mid]), axis=1).mean()
+    before_far = seen(5, far)
+    out = pin_ops.refine_tracked_head(bpy.context, head)
+    after_mid = np.linalg.norm(seen(30, mid) - np.array([p.target for p in mid]), axis=1).mean()
+    assert before_mid > 15 and after_mid < 3.0, (before_mid, after_mid)
+    assert np.abs(seen(5, far) - before_far).max() < 0.05
+    from blender_addon.core.track import load_track
+    assert len(load_track(out).pins) == 14 and head[pin_ops.REFINED_PROP] == out
+    assert bpy.context.scene.camera == cam
+    # the panel offers Refine Track and Reset for the tracked head; Reset keys the original track again
+    drawn = []
+
+    class Layout:
+        def __getattr__(self, name):
+            def call(*a, **k):
+                drawn.append((name, a, k))
+                return Layout()
+            return call
+
+    pin_ops.draw_pin_panel(Layout(), bpy.context, head)
+    ops = [a[0] for n, a, k in drawn if n == "operator"]
+    assert "faceforge.refine_track" in ops and "faceforge.reset_pins" in ops
+    assert bpy.ops.faceforge.refine_track() == {"FINISHED"}
+    assert np.linalg.norm(seen(30, mid) - np.array([p.target for p in mid]), axis=1).mean() < 3.0
+    assert bpy.ops.faceforge.reset_pins() == {"FINISHED"}
+    assert pin_ops.load_track_pins(head) == []
+    back = np.linalg.norm(seen(30, mid) - np.array([p.target for p in mid]), axis=1).mean()
+    assert back == pytest.approx(before_mid, abs=0.05)

@@ -15,6 +15,12 @@ object (custom properties, so it is saved with the file and undone with it):
 - ``faceforge_lock_identity`` / ``_expression`` / ``_pose``: what may move while pinning.
 The solve moves the cameras (a head's pose is its camera's), the shape keys' values (expression) and,
 for an identity change, the basis and every shape key by the same offset.
+
+On a tracked head (one with a saved track file) a pin belongs to the current frame, which becomes a
+keyframe: ``faceforge_track_pins`` holds them, and on letting go of a pin (or with ``faceforge.refine_track``)
+the keyframes are re-solved, the corrections blended into the neighbouring frames (core/track/keyframes.py),
+the refined track saved beside the original with its pins (``faceforge_track_file_refined``) and the
+animation keyed again; the camera stays, the identity is the clip's.
 """
 
 import importlib
@@ -183,9 +189,7 @@ def ensure_pin_data(head) -> None:
     head[STATE_PROP] = st
     head[BASIS_SHAPE_PROP] = json.dumps(json.loads(st)["shape"])
     head[PINS_PROP] = "[]"
-    for lock in LOCKS:
-        if f"faceforge_lock_{lock}" not in head:
-            head[f"faceforge_lock_{lock}"] = False
+    ensure_locks(head)
 
 
 def load_pins(head) -> list:
@@ -348,6 +352,142 @@ def pin_pixels(head) -> tuple:
     return np.array([p.target for p in pins], np.float64), solver.pin_pixels(state, pins).astype(np.float64)
 
 
+# ----------------------------------------------------------------------------- tracked heads: keyframe pins
+TRACK_PINS_PROP = "faceforge_track_pins"            # JSON pins, view = frame of the track (0 = its first)
+REFINED_PROP = "faceforge_track_file_refined"       # the refined track (the original file stays the reference)
+_tracks = {}
+
+
+def is_tracked(head) -> bool:
+    return bool(head.get("faceforge_track_file")) and head.get("faceforge_frames") is not None
+
+
+def _load_track(path):
+    import os
+    key = (path, os.path.getmtime(path))
+    if key not in _tracks:
+        _tracks.clear()
+        _tracks[key] = _core("track.track_file").load_track(path)
+    return _tracks[key]
+
+
+def track_frame(head, scene_frame: int) -> int:
+    """The track frame (0 = its first) a scene frame shows (Blender frame = clip frame + 1)."""
+    return int(scene_frame) - 1 - int(head["faceforge_frames"][0])
+
+
+def _current_track(head):
+    refined = head.get(REFINED_PROP)
+    import os
+    return _load_track(refined if refined and os.path.isfile(refined) else head["faceforge_track_file"])
+
+
+def load_track_pins(head) -> list:
+    Pin = _core("fit.pins").Pin
+    return [Pin.from_dict(d) for d in json.loads(head.get(TRACK_PINS_PROP, "[]") or "[]")]
+
+
+def _save_track_pins(head, pins) -> None:
+    head[TRACK_PINS_PROP] = json.dumps([p.to_dict() for p in pins])
+
+
+def _frame_state(head, frame: int):
+    model, _ = solver_for(head)
+    det = model.landmarks.detector_index if model.landmarks is not None else None
+    return _core("track.keyframes").state_of_frame(_current_track(head), frame, det)
+
+
+def ensure_locks(head) -> None:
+    for lock in LOCKS:
+        if f"faceforge_lock_{lock}" not in head:
+            head[f"faceforge_lock_{lock}"] = False
+
+
+def add_track_pin(head, frame: int, u: float, v: float):
+    """A keyframe pin on the mesh point seen at pixel (u, v) of track frame ``frame``; its index or None."""
+    ensure_locks(head)
+    _, solver = solver_for(head)
+    pin = solver.pick(_frame_state(head, frame), 0, float(u), float(v))
+    if pin is None:
+        return None
+    pins = load_track_pins(head)
+    pins.append(type(pin)(pin.face, pin.bary, pin.target, int(frame)))
+    _save_track_pins(head, pins)
+    return len(pins) - 1
+
+
+def move_track_pin(head, index: int, u: float, v: float) -> None:
+    """Move a keyframe pin's target (the track is refined by refine_tracked_head, e.g. on release)."""
+    pins = load_track_pins(head)
+    p = pins[index]
+    pins[index] = type(p)(p.face, p.bary, (float(u), float(v)), p.view)
+    _save_track_pins(head, pins)
+
+
+def remove_track_pin(head, index: int) -> None:
+    pins = load_track_pins(head)
+    pins.pop(index)
+    _save_track_pins(head, pins)
+
+
+def refine_tracked_head(context, head, progress=None) -> str:
+    """Re-solve the keyframes with pins and blend the corrections into their neighbours (from the
+    original track: the result is a function of the automatic track and the pins), save the refined
+    track with its pins beside the original, and key the head's animation from it. The camera stays:
+    the head's motion is keyed relative to the original track's reference frame, as when imported."""
+    import dataclasses
+    import os
+
+    from ..scene.head_builder import MODEL_TO_BLENDER
+    from ..scene.animation import animate_head
+    from ..scene.lookup import rig_of
+    model, solver = solver_for(head)
+    original = _load_track(head["faceforge_track_file"])
+    pins = load_track_pins(head)
+    cfg = _core("fit.pins").PinConfig(use_landmarks=original.landmarks is not None, lock_identity=True,
+                                      lock_expression=bool(head.get("faceforge_lock_expression", False)),
+                                      lock_pose=bool(head.get("faceforge_lock_pose", False)))
+    refined = _core("track.keyframes").refine_track_with_pins(original, model, pins, cfg, progress=progress,
+                                                              solver=solver)
+    base = head["faceforge_track_file"]
+    stem = base[:-len(".fftrack.npz")] if base.endswith(".fftrack.npz") else os.path.splitext(base)[0]
+    out = stem + ".refined.fftrack.npz"
+    _core("track.track_file").save_track(refined, out)
+    head[REFINED_PROP] = out
+    rig = _core("pipeline.video").head_rig_from_track(model, refined)
+    ref = int(np.flatnonzero(original.valid)[0]) if original.valid.any() else 0
+    R0 = original.rotation[ref].astype(np.float64)
+    t0 = original.translation[ref].astype(np.float64)
+    anim = dataclasses.replace(
+        rig.animation,
+        root_rotation=np.einsum("ji,tjk->tik", R0, refined.rotation.astype(np.float64)).astype(np.float32),
+        root_translation=np.einsum("ji,tj->ti", R0, refined.translation.astype(np.float64) - t0).astype(np.float32))
+    frame = context.scene.frame_current
+    animate_head(context, dataclasses.replace(rig, animation=anim), head, rig_of(head), MODEL_TO_BLENDER)
+    context.scene.frame_set(frame)
+    return out
+
+
+def pins_shown(head, scene) -> list:
+    """[(index, target (u, v), where its mesh point is now (u, v))] of the pins in the camera's photo
+    (photo heads) or on the current frame (tracked heads)."""
+    _, solver = solver_for(head)
+    if is_tracked(head):
+        frame = track_frame(head, scene.frame_current)
+        pins = load_track_pins(head)
+        sel = [i for i, p in enumerate(pins) if p.view == frame]
+        if not sel or not 0 <= frame < _current_track(head).n_frames:
+            return []
+        Pin = _core("fit.pins").Pin
+        now = solver.pin_pixels(_frame_state(head, frame), [Pin(pins[i].face, pins[i].bary, (0, 0), 0) for i in sel])
+        return [(i, pins[i].target, tuple(n)) for i, n in zip(sel, now)]
+    if not head.get(STATE_PROP):
+        return []
+    view = view_index(head, scene.camera)
+    targets, now = pin_pixels(head)
+    return [(i, tuple(t), tuple(n)) for i, (p, t, n) in enumerate(zip(load_pins(head), targets, now)) if p.view == view]
+
+
 # ----------------------------------------------------------------------------- region <-> photo pixels
 def region_to_pixel(region, rv3d, cam, focal, cx, cy, x, y):
     """A region coordinate in the camera view -> photo pixel (u, v) (through the view's own ray)."""
@@ -374,18 +514,14 @@ def _draw(op, context):
     if head is None or cam is None or context.region_data is None:
         return
     try:
-        targets, now = pin_pixels(head)
+        shown = pins_shown(head, context.scene)
     except Exception:                       # never let a drawing error spam every redraw
         return
-    if not len(targets):
+    if not shown:
         return
     focal, cx, cy, _, _ = camera_intrinsics(cam)
-    view = view_index(head, cam)
-    pins = load_pins(head)
     pts_t, pts_n, lines = [], [], []
-    for p, tgt, cur in zip(pins, targets, now):
-        if p.view != view:
-            continue
+    for _, tgt, cur in shown:
         a = pixel_to_region(context.region, context.region_data, cam, focal, cx, cy, *tgt)
         b = pixel_to_region(context.region, context.region_data, cam, focal, cx, cy, *cur)
         if a is None or b is None:
@@ -438,12 +574,16 @@ class FACEFORGE_OT_pin_mode(bpy.types.Operator):
             return {"CANCELLED"}
         head = find_head(context)
         try:
-            ensure_pin_data(head)
+            if is_tracked(head):
+                solver_for(head)
+                ensure_locks(head)
+            else:
+                ensure_pin_data(head)
         except Exception as exc:          # a model that will not load, a head without cameras
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if context.scene.camera not in head_cameras(head):
-            context.scene.camera = head_cameras(head)[0]
+        if context.scene.camera not in cameras_of(head):
+            context.scene.camera = cameras_of(head)[0]
         context.region_data.view_perspective = "CAMERA"
         self.head_name = head.name
         self._drag = None
@@ -461,14 +601,10 @@ class FACEFORGE_OT_pin_mode(bpy.types.Operator):
                                event.mouse_region_x, event.mouse_region_y)
 
     def _nearest(self, context, head, event):
-        targets, _ = pin_pixels(head)
         cam = context.scene.camera
         focal, cx, cy, _, _ = camera_intrinsics(cam)
-        view = view_index(head, cam)
         best, best_d = None, PICK_RADIUS_PX
-        for i, (p, tgt) in enumerate(zip(load_pins(head), targets)):
-            if p.view != view:
-                continue
+        for i, tgt, _ in pins_shown(head, context.scene):
             r = pixel_to_region(context.region, context.region_data, cam, focal, cx, cy, *tgt)
             if r is None:
                 continue
@@ -479,7 +615,7 @@ class FACEFORGE_OT_pin_mode(bpy.types.Operator):
 
     def _finish(self, context):
         head = bpy.data.objects.get(self.head_name)
-        if head is not None:
+        if head is not None and not is_tracked(head):
             finish_pinning(head)
             bpy.ops.ed.undo_push(message="Finish Pins")
         bpy.types.SpaceView3D.draw_handler_remove(self._handle, "WINDOW")
@@ -495,30 +631,43 @@ class FACEFORGE_OT_pin_mode(bpy.types.Operator):
             self._finish(context)
             return {"FINISHED"}
         inside = 0 <= event.mouse_region_x < context.region.width and 0 <= event.mouse_region_y < context.region.height
-        view = view_index(head, context.scene.camera)
+        tracked = is_tracked(head)
+        # a photo head re-solves on every mouse move; a tracked head's keyframes are re-solved and the
+        # track re-keyed when the pin is let go (a whole clip per mouse move would not keep up)
+        view = track_frame(head, context.scene.frame_current) if tracked else view_index(head, context.scene.camera)
         if event.type == "LEFTMOUSE" and event.value == "PRESS" and inside:
             px = self._pixel(context, event)
             if px is None:
                 return {"RUNNING_MODAL"}
             i = self._nearest(context, head, event)
             if i is None:
-                i = add_pin(head, view, *px)
+                i = add_track_pin(head, view, *px) if tracked else add_pin(head, view, *px)
             self._drag = i
             return {"RUNNING_MODAL"}
         if event.type == "MOUSEMOVE" and self._drag is not None:
             px = self._pixel(context, event)
             if px is not None:
-                move_pin(head, self._drag, *px, view=view)
+                if tracked:
+                    move_track_pin(head, self._drag, *px)
+                else:
+                    move_pin(head, self._drag, *px, view=view)
                 context.area.tag_redraw()
             return {"RUNNING_MODAL"}
         if event.type == "LEFTMOUSE" and event.value == "RELEASE" and self._drag is not None:
             self._drag = None
+            if tracked:
+                refine_tracked_head(context, head)
             bpy.ops.ed.undo_push(message="Pin")           # one undo step per pin edit
+            context.area.tag_redraw()
             return {"RUNNING_MODAL"}
         if event.type == "RIGHTMOUSE" and event.value == "PRESS" and inside:
             i = self._nearest(context, head, event)
             if i is not None:
-                remove_pin(head, i, view=view)
+                if tracked:
+                    remove_track_pin(head, i)
+                    refine_tracked_head(context, head)
+                else:
+                    remove_pin(head, i, view=view)
                 bpy.ops.ed.undo_push(message="Remove Pin")
                 context.area.tag_redraw()
             return {"RUNNING_MODAL"}
@@ -534,12 +683,56 @@ class FACEFORGE_OT_reset_pins(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         head = find_head(context) if context.scene is not None else None
-        return head is not None and bool(head.get(REFERENCE_PROP))
+        return head is not None and (bool(head.get(REFERENCE_PROP)) or bool(head.get(REFINED_PROP)))
 
     def execute(self, context):
         head = find_head(context)
+        if is_tracked(head):
+            _save_track_pins(head, [])
+            refine_tracked_head(context, head)        # no pins: the original track, keyed again
+            return {"FINISHED"}
         cam = context.scene.camera
         reset_to_automatic(head, view_index(head, cam) if cam is not None else 0)
+        return {"FINISHED"}
+
+
+class FACEFORGE_OT_refine_track(bpy.types.Operator):
+    bl_idname = "faceforge.refine_track"
+    bl_label = "Refine Track"
+    bl_description = ("Re-solve the frames with pins (keyframes) and blend the corrections into their "
+                      "neighbours; the refined track is saved beside the original, with the pins")
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        head = find_head(context) if context.scene is not None else None
+        if head is None or not is_tracked(head):
+            return _fail_poll(cls, "Needs a tracked head with a saved track file")
+        return True
+
+    def execute(self, context):
+        head = find_head(context)
+        wm = context.window_manager
+        wm.progress_begin(0, 100)
+
+        class Progress:                            # Blender's cursor progress (the solve takes a second or so)
+            cancelled = False
+
+            def update(self, stage, fraction):
+                wm.progress_update(int(100 * fraction))
+
+            def check(self):
+                pass
+
+            def sub(self, a, b):
+                return self
+
+        try:
+            out = refine_tracked_head(context, head, Progress())
+        finally:
+            wm.progress_end()
+        n = len(load_track_pins(head))
+        self.report({"INFO"}, f"Refined the track with {n} pin{'s' if n != 1 else ''}; saved {out}")
         return {"FINISHED"}
 
 
@@ -550,6 +743,19 @@ def draw_pin_panel(layout, context, head) -> None:
     box = layout.box()
     row = box.row(align=True)
     row.operator("faceforge.pin_mode", icon="PINNED")
+    if is_tracked(head):
+        pins = json.loads(head.get(TRACK_PINS_PROP, "[]") or "[]")
+        frames = len({p["view"] for p in pins})
+        row.label(text=f"{len(pins)} pins, {frames} keyframe{'s' if frames != 1 else ''}")
+        box.operator("faceforge.refine_track", icon="FILE_REFRESH")
+        if "faceforge_lock_pose" in head:
+            locks = box.row(align=True)
+            locks.label(text="Lock:")
+            for k in ("expression", "pose"):        # one identity for the clip: always held
+                locks.prop(head, f'["faceforge_lock_{k}"]', text=k.capitalize(), toggle=True)
+        if head.get(REFINED_PROP):
+            box.operator("faceforge.reset_pins", icon="LOOP_BACK")
+        return
     n = len(json.loads(head.get(PINS_PROP, "[]") or "[]"))
     row.label(text=f"{n} pin{'s' if n != 1 else ''}")
     if head.get(REFERENCE_PROP):
@@ -560,4 +766,4 @@ def draw_pin_panel(layout, context, head) -> None:
         box.operator("faceforge.reset_pins", icon="LOOP_BACK")
 
 
-CLASSES = (FACEFORGE_OT_pin_mode, FACEFORGE_OT_reset_pins)
+CLASSES = (FACEFORGE_OT_pin_mode, FACEFORGE_OT_reset_pins, FACEFORGE_OT_refine_track)
