@@ -25,10 +25,10 @@ from ..engine import core, in_blender_binary
 from .reconstruct import IMAGE_GLOB, EngineOptions
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
-KIND_ITEMS = (("photo", "Photo", "Reconstruct one photo"),
-              ("photos", "Photo Set", "One head from several photos of one person (a folder or files)"),
-              ("track", "Track", "Track a video"))
-KIND_ICONS = {"photo": "IMAGE_DATA", "photos": "FILE_FOLDER", "track": "FILE_MOVIE"}
+KIND_ITEMS = (("photo", "Photo", "Reconstruct one photo", "IMAGE_DATA", 0),
+              ("photos", "Photo Set", "One head from several photos of one person (a folder or files)",
+               "FILE_FOLDER", 1),
+              ("track", "Track", "Track a video", "FILE_MOVIE", 2))
 MANIFEST_NAME = "manifest.toml"
 LOG_NAME = "batch.log"
 
@@ -372,5 +372,19 @@ class FACEFORGE_OT_batch_report(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (FaceForgeBatchItem, FaceForgeBatchSettings, FACEFORGE_OT_batch_add, FACEFORGE_OT_batch_remove,
-           FACEFORGE_OT_batch_run, FACEFORGE_OT_batch_stop, FACEFORGE_OT_batch_import, FACEFORGE_OT_batch_report)
+def register_settings() -> None:
+    """Scene.faceforge_batch (called by the Batch panel's own register, so the add-on's lists of operators
+    and panels stay operators and panels)."""
+    for cls in SETTINGS:
+        bpy.utils.register_class(cls)
+
+
+def unregister_settings() -> None:
+    for cls in reversed(SETTINGS):
+        if cls.is_registered:
+            bpy.utils.unregister_class(cls)
+
+
+SETTINGS = (FaceForgeBatchItem, FaceForgeBatchSettings)
+CLASSES = (FACEFORGE_OT_batch_add, FACEFORGE_OT_batch_remove, FACEFORGE_OT_batch_run, FACEFORGE_OT_batch_stop,
+           FACEFORGE_OT_batch_import, FACEFORGE_OT_batch_report)

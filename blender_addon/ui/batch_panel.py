@@ -18,6 +18,14 @@ class FACEFORGE_PT_batch(_Step, bpy.types.Panel):
     bl_options = {"DEFAULT_CLOSED"}
 
     @classmethod
+    def register(cls):
+        batch_ops.register_settings()          # the panel's settings (Scene.faceforge_batch) come and go with it
+
+    @classmethod
+    def unregister(cls):
+        batch_ops.unregister_settings()
+
+    @classmethod
     def poll(cls, context):
         return hasattr(context.scene, "faceforge") and hasattr(context.scene, "faceforge_batch")
 
@@ -41,8 +49,8 @@ class FACEFORGE_PT_batch(_Step, bpy.types.Panel):
             name = os.path.basename(os.path.normpath(parts[0])) if parts else "?"
             if len(parts) > 1:
                 name += f" +{len(parts) - 1}"
-            r.label(text=name, icon=batch_ops.KIND_ICONS.get(item.kind, "FILE"))
-            r.prop(item, "kind", text="")
+            r.prop(item, "kind", text="", icon_only=True)
+            r.label(text=name)
             r.operator("faceforge.batch_remove", text="", icon="X", emboss=False).index = i
         if len(settings.items) > 1:
             box.operator("faceforge.batch_remove", text="Clear", icon="TRASH").index = -1
@@ -53,12 +61,13 @@ class FACEFORGE_PT_batch(_Step, bpy.types.Panel):
         row.prop(settings, "write_blend", toggle=True)
         col = layout.column(align=True)
         col.prop(settings, "address", text="Cluster")
+        if not settings.address.strip():
+            col.label(text="Empty: local Ray", icon="INFO")
         row = col.row(align=True)
         row.prop(settings, "cpus_per_job", text="CPUs")
         row.prop(settings, "gpus_per_job", text="GPUs")
-        row = col.row(align=True)
-        row.prop(settings, "max_retries")
-        row.prop(settings, "timeout", text="Limit s")
+        col.prop(settings, "max_retries", text="Retries per Job")
+        col.prop(settings, "timeout", text="Time Limit (s)")
         run = batch_ops.current_run()
         if run is not None and run.running:
             if hasattr(layout, "progress"):          # Blender 4.0+
@@ -71,7 +80,7 @@ class FACEFORGE_PT_batch(_Step, bpy.types.Panel):
             if run is not None and run.message:
                 _hint(layout, run.message, icon="CHECKMARK" if run.returncode == 0 else "INFO")
         row = layout.row(align=True)
-        row.operator("faceforge.batch_import", icon="IMPORT")
+        row.operator("faceforge.batch_import", icon="IMPORT", text="Import")
         row.operator("faceforge.batch_report", icon="URL", text="Report")
 
 
