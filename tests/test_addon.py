@@ -25,7 +25,7 @@ OPERATORS = ("FACEFORGE_OT_reconstruct_photo", "FACEFORGE_OT_export_fbx", "FACEF
              "FACEFORGE_OT_set_camera", "FACEFORGE_OT_view_photo_camera", "FACEFORGE_OT_validate_model", "FACEFORGE_OT_install_dependencies",
              "FACEFORGE_OT_check_dependencies", "FACEFORGE_OT_cancel_job")
 PANELS = ("FACEFORGE_PT_main", "FACEFORGE_PT_model", "FACEFORGE_PT_input", "FACEFORGE_PT_reconstruct",
-          "FACEFORGE_PT_rig", "FACEFORGE_PT_stylize", "FACEFORGE_PT_export")
+          "FACEFORGE_PT_rig", "FACEFORGE_PT_stylize", "FACEFORGE_PT_export", "FACEFORGE_PT_batch")
 
 
 def run_py(code: str, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
@@ -472,7 +472,7 @@ def test_panels_read_as_a_workflow_with_disabled_steps(registered):
     context = registered
     log = draw_all(context)
     assert [e[1] for e in log if e[0] == "panel"] == \
-        ["FaceForge", "1. Model", "2. Input", "3. Reconstruct", "4. Rig", "5. Stylize", "6. Export"]
+        ["FaceForge", "1. Model", "2. Input", "3. Reconstruct", "4. Rig", "5. Stylize", "6. Export", "Batch"]
     ops = {e[1]: e[2] for e in log if e[0] == "operator"}
     # no photo, no head yet: the later steps are drawn disabled, each with a hint
     assert ops["faceforge.reconstruct_photo"] is False and "Choose a photo in 2. Input" in labels(log)

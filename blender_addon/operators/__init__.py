@@ -6,6 +6,10 @@ CLASSES = (reconstruct.CLASSES + photos.CLASSES + track.CLASSES + view.CLASSES +
            + setup.CLASSES + arkit.CLASSES + stylize.CLASSES + mesh_codes.CLASSES
            + implicit.CLASSES)
 
+from . import batch  # noqa: E402  (the Batch sub-panel's operators and settings)
+
+CLASSES += batch.CLASSES
+
 from . import pins  # noqa: E402  (artists' corrections: pin mode, reset)
 
 CLASSES += pins.CLASSES
