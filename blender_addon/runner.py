@@ -10,10 +10,13 @@ A capability (photo reconstruction today; video tracking, multi-photo, stylizati
 3. a thin operator: ``class MyOp(JobOperator, bpy.types.Operator)`` whose ``prepare(context)``
    reads its properties and returns ``work``, and whose ``finish`` is (2).
 
-``JobOperator`` does the rest. Clicked in the UI (INVOKE), the job runs in a thread while a
-modal operator polls it from a window-manager timer, mirrors stage / percentage / ETA into
-``WindowManager.faceforge_job`` (the sidebar's progress bar) and the status bar, and cancels on
-Esc or the panel's Cancel button. Called from a script (EXEC), in ``--background``, or with
+``JobOperator`` does the rest. Clicked in the UI (INVOKE), the job runs in the background while a
+modal operator polls it from a window-manager timer: a job whose ``work`` carries an
+``engine_call`` (``engine_process.EngineCall``: the heavy engine jobs) runs in a child Python
+process, others in a worker thread (see engine_process for why a child: a Python thread next to
+Blender's UI crashes forced redraws and competes for the GIL). The timer mirrors stage /
+percentage / ETA into ``WindowManager.faceforge_job`` (the sidebar's progress bar) and the status
+bar, and cancels on Esc or the panel's Cancel button. Called from a script (EXEC), in ``--background``, or with
 ``synchronous=True``, the same job runs inline and prints progress lines. Only one job runs at
 a time; a finished job is one undo step (the operator's UNDO flag), a cancelled or failed one
 leaves the scene exactly as it was.
@@ -25,6 +28,7 @@ import json
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import bpy
@@ -112,6 +116,81 @@ class Job:
             return str(e.args[0]) if e.args else type(e).__name__
         return (f"{self.label} failed unexpectedly ({type(e).__name__}: {e}). "
                 "Nothing was changed; see the console for details.")
+
+
+_last_child_pid: Optional[int] = None
+
+
+class ChildJob(Job):
+    """A job whose work is an ``engine_process.EngineCall``, run in a child Python process (see
+    engine_process for why). Nothing runs in a thread: ``done`` (asked by the modal operator's timer
+    on the main thread) reads the child's messages without blocking; ``cancel`` kills the child."""
+
+    def start(self) -> "ChildJob":
+        from .engine_process import ChildProcess
+        global _last_child_pid
+        self._child = ChildProcess(self.work, str(Path(core.__file__).resolve().parent), engine_threads())
+        _last_child_pid = self._child.process.pid        # for diagnostics and the GUI test
+        return self
+
+    def run_inline(self) -> "ChildJob":
+        return Job.run_inline(self)
+
+    def _pump(self) -> None:
+        child = getattr(self, "_child", None)
+        if child is None or self._done.is_set():
+            return
+        for message in child.poll():
+            kind = message[0]
+            if kind == "progress":
+                self.progress.record(message[1], message[2])
+            elif kind == "result":
+                self.result = message[1]
+            elif kind == "error":
+                _, error, text, tb = message
+                self.error = error if isinstance(error, BaseException) else RuntimeError(text)
+                self.traceback = tb
+            elif kind == "exit":
+                if self.result is None and self.error is None and not self.cancelling:
+                    self.error = RuntimeError(f"the engine process ended unexpectedly (exit code {message[1]})")
+                child.close()
+                self._done.set()
+
+    @property
+    def done(self) -> bool:
+        self._pump()
+        return self._done.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            if end is not None and time.monotonic() > end:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def cancel(self) -> None:
+        super().cancel()
+        child = getattr(self, "_child", None)
+        if child is not None and not self._done.is_set():
+            child.kill()                 # a killed child leaves nothing: outputs are written atomically
+            self._done.set()
+
+
+def engine_threads() -> int:
+    """torch threads for a child engine process: leave Blender two cores (one at least for us)."""
+    import os
+    explicit = os.environ.get("FACEFORGE_TORCH_THREADS", "")
+    if explicit.isdigit() and int(explicit) > 0:
+        return int(explicit)
+    return max(1, (os.cpu_count() or 2) - 2)
+
+
+def use_child_process() -> bool:
+    """Run engine calls in a child process (default); FACEFORGE_ENGINE_IN_THREAD=1 keeps the old
+    worker thread (for debugging)."""
+    import os
+    return os.environ.get("FACEFORGE_ENGINE_IN_THREAD", "") != "1"
 
 
 # ----------------------------------------------------------------------------- one job at a time
@@ -379,9 +458,14 @@ class JobOperator:
         """One poll of the worker: keep waiting, or end the modal run (the GUI's only path)."""
         job = self._job
         if not job.done and not job.overdue():
+            st = status(context)
+            before = None if st is None else (st.text, st.stage, st.cancelling)
             publish(context, job)
-            self._show_status(context)
-            redraw(context)
+            # redraw only when what is shown changed (about once a second): each redraw of the
+            # sidebar and status bar costs the UI a frame, and the timer ticks ten times a second
+            if st is None or (st.text, st.stage, st.cancelling) != before:
+                self._show_status(context)
+                redraw(context)
             return {"RUNNING_MODAL"}
         if not job.done:
             job.abandoned = True    # it ignored cancel: let the daemon thread end on its own
@@ -414,7 +498,11 @@ class JobOperator:
         callback = None
         if synchronous:   # inline: console lines, plus the cursor counter when a window is blocked
             callback = ProgressPrinter(self.bl_label, None if bpy.app.background else context.window_manager)
-        self._job = Job(self.bl_label, work, callback)
+        call = getattr(work, "engine_call", None)
+        if not synchronous and call is not None and use_child_process():
+            self._job = ChildJob(self.bl_label, call, callback)
+        else:
+            self._job = Job(self.bl_label, work, callback)
         return self._job
 
     def _end(self, context, job: Job) -> set:

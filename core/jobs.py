@@ -38,6 +38,13 @@ class Progress:
             self._callback(stage, self.fraction)
         self.check()
 
+    def record(self, stage: str, fraction: float) -> None:
+        """Set the figures without calling back or checking for cancel (progress relayed from
+        another process: the UI reads them; the other process does the cancelling)."""
+        with self._lock:
+            self.stage = stage
+            self.fraction = min(max(float(fraction), 0.0), 1.0)
+
     def check(self) -> None:
         if self._cancel.is_set():
             raise JobCancelled()

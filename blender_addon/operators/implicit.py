@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import paths
 from ..engine import core
+from ..engine_process import EngineCall
 from ..runner import JobOperator, _fail_poll
 from ..scene.lookup import find_head
 from .reconstruct import BrowseFirst, EngineOptions
@@ -71,20 +72,19 @@ class FACEFORGE_OT_implicit_head_from_video(BrowseFirst, EngineOptions, JobOpera
         steps, size, frames, resolution = int(self.steps), int(self.size), int(self.max_frames), int(self.resolution)
         self._video, self._checkpoint = video, checkpoint
 
-        def work(progress):
-            import importlib
-            implicit = importlib.import_module(f"{core.__name__}.pipeline.implicit")
-            train_mod = importlib.import_module(f"{core.__name__}.implicit.train")
-            result = implicit.implicit_head_from_video(
-                video, model=model, track_path=track or None, device=device, progress=progress,
-                checkpoint=checkpoint, config=train_mod.TrainConfig(steps=steps), size=size, max_frames=frames,
-                resolution=resolution)
-            rig, basis = implicit.implicit_rig(result, name=paths.media_stem(video) + "_implicit")
-            return _Result(rig, result, basis)
+        # minutes of training: clicked in the UI it runs in a child process (runner.ChildJob)
+        call = EngineCall(core.__name__, "pipeline.implicit:implicit_head_job", video,
+                          paths.media_stem(video) + "_implicit", steps, model=model, track_path=track or None,
+                          device=device, checkpoint=checkpoint, size=size, max_frames=frames, resolution=resolution)
 
+        def work(progress):
+            return call(progress)
+
+        work.engine_call = call
         return work
 
     def finish(self, context, result):
+        result = _Result(*result)
         msg = build_tracked_head(self, context, result, "Implicit head")
         b = result.basis
         r = result.implicit.report

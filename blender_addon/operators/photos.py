@@ -15,7 +15,7 @@ from bpy.props import BoolProperty, CollectionProperty, IntProperty, StringPrope
 
 from ..engine import core, load_pipeline
 from ..runner import JobOperator
-from .reconstruct import IMAGE_GLOB, BrowseFirst, EngineOptions, warnings_of
+from .reconstruct import IMAGE_GLOB, BrowseFirst, EngineOptions, pipeline_job, warnings_of
 
 TEXTURE_SIZES = (256, 512, 1024, 2048, 4096)
 
@@ -63,19 +63,14 @@ class FACEFORGE_OT_reconstruct_photos(BrowseFirst, EngineOptions, JobOperator, b
         model, device = self.model_spec(context), self.device_name(context)
         self._inputs = inputs
 
-        def work(progress):   # worker thread: engine only, no bpy
-            progress.update("loading the engine", 0.0)
-            pipeline = load_pipeline()
-            return pipeline, pipeline.reconstruct_photos(inputs, model=model, device=device, progress=progress,
-                                                         texture_size=size)
-
-        return work
+        return pipeline_job(lambda: load_pipeline(), "reconstruct_photos", inputs, model=model, device=device,
+                            texture_size=size)
 
     # -- scene (main thread, rolled back by the runner if anything raises) ---------------------
     def finish(self, context, result):
         from ..scene.placement import placement_note
         from ..scene.texture import build_textured_head
-        pipeline, rec = result
+        pipeline, rec = load_pipeline(), result
         rig = rec.rig
         built, image, where = build_textured_head(context, rig, lambda path: pipeline.save_texture(rec, path))
         head = built["mesh"]

@@ -14,6 +14,7 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from .. import dependencies, preferences
 from ..properties import EMBEDDED_MODEL_NAMES, MODEL_NAMES
 from ..engine import core, load_pipeline
+from ..engine_process import EngineCall
 from ..core.detect.images import image_file_glob
 from ..runner import JobOperator, _fail_poll
 
@@ -22,6 +23,18 @@ IMAGE_GLOB = image_file_glob()
 
 DEVICE_OVERRIDE_ITEMS = (("PREFS", "Preferences", "Use the device chosen in the add-on preferences"),) \
     + preferences.DEVICE_ITEMS
+
+
+def pipeline_job(loader, function: str, *args, **kwargs):
+    """The work of a job that is one ``core.pipeline`` call. Inline (scripts, --background, tests)
+    it runs through ``loader()`` (tests swap in a stand-in pipeline); clicked in the UI, the runner
+    runs ``work.engine_call``, the same call, in a child process (runner.ChildJob)."""
+    def work(progress):   # engine only, no bpy
+        progress.update("loading the engine", 0.0)
+        return getattr(loader(), function)(*args, progress=progress, **kwargs)
+
+    work.engine_call = EngineCall(core.__name__, f"pipeline:{function}", *args, **kwargs)
+    return work
 
 
 def engine_poll(cls, context) -> bool:
@@ -129,20 +142,15 @@ class FACEFORGE_OT_reconstruct_photo(BrowseFirst, EngineOptions, JobOperator, bp
         face = None if self.face_index < 0 else self.face_index
         self._photo = path
 
-        def work(progress):   # worker thread: engine only, no bpy
-            progress.update("loading the engine", 0.0)
-            pipeline = load_pipeline()
-            return pipeline, pipeline.reconstruct_photo(path, model=model, device=device, progress=progress,
-                                                        face=face)
-
-        return work
+        return pipeline_job(lambda: load_pipeline(), "reconstruct_photo", path, model=model, device=device,
+                            face=face)
 
     # -- scene (main thread, rolled back by the runner if anything raises) ---------------------
     def finish(self, context, result):
         from ..scene.head_builder import build_head
         from ..scene.placement import placement_note
         from ..scene.texture import build_textured_head
-        pipeline, rec = result
+        pipeline, rec = load_pipeline(), result
         where = ""
         if getattr(rec, "texture", None) is not None:      # models with UVs get the photo baked in
             built, image, where = build_textured_head(context, rec.rig, lambda p: pipeline.save_texture(rec, p))

@@ -16,7 +16,7 @@ from bpy.props import BoolProperty, IntProperty, StringProperty
 from .. import paths
 from ..engine import core, load_pipeline
 from ..runner import JobOperator
-from .reconstruct import BrowseFirst, EngineOptions, engine_poll, model_override, warnings_of
+from .reconstruct import BrowseFirst, EngineOptions, engine_poll, model_override, pipeline_job, warnings_of
 
 VIDEO_GLOB = "*.mp4;*.mov;*.avi;*.mkv;*.m4v;*.webm;*.mpg;*.mpeg"
 TRACK_SUFFIX = ".fftrack.npz"
@@ -109,14 +109,8 @@ class FACEFORGE_OT_track_video(BrowseFirst, EngineOptions, JobOperator, bpy.type
         refine = bool(self.refine)
         self._video, self._track_path = path, track_path
 
-        def work(progress):   # worker thread: engine only, no bpy
-            progress.update("loading the engine", 0.0)
-            pipeline = load_pipeline()
-            return pipeline.track_video_to_rig(path, model=model, device=device, progress=progress,
-                                               frame_range=frame_range, refine=refine,
-                                               track_path=track_path or None)
-
-        return work
+        return pipeline_job(lambda: load_pipeline(), "track_video_to_rig", path, model=model, device=device,
+                            frame_range=frame_range, refine=refine, track_path=track_path or None)
 
     def finish(self, context, result):
         msg = build_tracked_head(self, context, result, "Tracked", self._track_path, saved=True)

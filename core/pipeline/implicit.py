@@ -237,6 +237,15 @@ def implicit_head_from_video(video, model=None, track_path: Optional[str] = None
                           extraction=stats, timings=timings, warnings=list(getattr(track, "warnings", []) or []))
 
 
+def implicit_head_job(video, name: str, steps: int, progress=None, **kwargs) -> tuple:
+    """What the Blender operator needs, as one call (it may run in a child process): the job
+    (``implicit_head_from_video``, ``steps`` training steps) and its rig. Returns (rig, result, basis)."""
+    from ..implicit.train import TrainConfig
+    result = implicit_head_from_video(video, progress=progress, config=TrainConfig(steps=steps), **kwargs)
+    rig, basis = implicit_rig(result, name=name)
+    return rig, result, basis
+
+
 def implicit_rig(result: ImplicitResult, name: str = "ImplicitHead", tolerance_mm: float = 0.5,
                  max_components: int = 64):
     """One animated object: the tracked meshes as a PCA blendshape basis with keyed weights, the head's

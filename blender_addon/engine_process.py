@@ -1,0 +1,222 @@
+"""Run an engine job in a child Python process instead of a thread of Blender's.
+
+Why: while any Python thread runs inside Blender, a window redraw forced from Python
+(``bpy.ops.screen.screenshot``, ``bpy.ops.wm.redraw_timer``) crashes Blender 3.4 — reproduced with
+a ten-line add-on-free script whose thread only builds dicts (issue 12 item 8). And a worker thread
+running the engine's Python competes with Blender's UI for the GIL: timers fired every 0.15-0.26 s
+instead of 0.05 s during a track (item 9). A child process has its own interpreter: Blender's
+process keeps no Python thread of FaceForge's, and the modal operator's timer polls the child's
+messages on the main thread without blocking.
+
+This module is bpy-free and runs in both processes:
+- in Blender: ``EngineCall`` (a picklable description of the job: a ``core`` function and its
+  keyword arguments) and ``ChildProcess`` (starts the child, feeds it the call, polls its messages);
+- in the child (``python engine_process.py CORE_DIR CORE_NAME FD``): loads ``core`` under the same
+  module name as in Blender (so results unpickle as the same classes), runs the call with a
+  ``Progress`` whose reports go back as messages, and sends the result or the error.
+
+Messages are length-prefixed pickles on a private pipe between two processes of ours (never a
+file a user supplies): ("progress", stage, fraction), ("result", value), ("error", exception or
+None, message, traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+_HEADER = struct.Struct("<Q")
+
+
+class EngineCall:
+    """``core.<module>.<function>(*args, progress=..., **kwargs)``, picklable; also runs inline."""
+
+    def __init__(self, core_name: str, target: str, *args, **kwargs):
+        self.core_name, self.target, self.args, self.kwargs = core_name, target, args, kwargs
+
+    def function(self):
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(f"{self.core_name}.{module}"), name)
+
+    def __call__(self, progress):
+        return self.function()(*self.args, progress=progress, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"EngineCall({self.target})"
+
+
+# ----------------------------------------------------------------------------- framing
+def _send(fd: int, message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _Reader:
+    """Non-blocking reader of framed messages from a pipe."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer, self.eof = fd, bytearray(), False
+        os.set_blocking(fd, False)
+
+    def messages(self) -> list:
+        while not self.eof:
+            try:
+                chunk = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.eof = True
+                break
+            self.buffer += chunk
+        out = []
+        while len(self.buffer) >= _HEADER.size:
+            (n,) = _HEADER.unpack_from(self.buffer)
+            if len(self.buffer) < _HEADER.size + n:
+                break
+            out.append(pickle.loads(bytes(self.buffer[_HEADER.size:_HEADER.size + n])))
+            del self.buffer[:_HEADER.size + n]
+        return out
+
+
+# ----------------------------------------------------------------------------- Blender's side
+def python_executable() -> str:
+    """The Python interpreter to start: Blender's own (``sys.executable`` since 2.92; older builds name
+    the Blender binary there), else the first python3 on PATH."""
+    exe = sys.executable or ""
+    if exe and not Path(exe).name.lower().startswith("blender") and os.path.exists(exe):
+        return exe
+    import shutil
+    for name in (f"python{sys.version_info.major}.{sys.version_info.minor}", "python3"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RuntimeError("No Python interpreter found to run the FaceForge engine in")
+
+
+class ChildProcess:
+    """One engine call in a child process; ``poll()`` (main thread) returns its new messages."""
+
+    def __init__(self, call: EngineCall, core_dir: str, threads: Optional[int] = None):
+        read, write = os.pipe()
+        env = dict(os.environ)
+        # the child sees the packages Blender sees (its site-packages, the add-on's dependency folder)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        env["PYTHONNOUSERSITE"] = "1"
+        if threads:
+            env.setdefault("FACEFORGE_TORCH_THREADS", str(threads))
+        try:
+            self.process = subprocess.Popen(
+                [python_executable(), "-s", __file__, core_dir, call.core_name, str(write)],
+                stdin=subprocess.PIPE, pass_fds=(write,), env=env, close_fds=True)
+        finally:
+            os.close(write)
+        self._reader = _Reader(read)
+        self._read_fd = read
+        try:
+            # plain data only: the child cannot import this add-on module (it imports bpy's package)
+            self.process.stdin.write(pickle.dumps((call.target, call.args, call.kwargs),
+                                                  protocol=pickle.HIGHEST_PROTOCOL))
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass                                  # the child died at once: poll() reports it
+
+    def poll(self) -> list:
+        """New messages, then ("exit", returncode) once the child is gone and all was read."""
+        out = self._reader.messages()
+        if self._reader.eof and self.process.poll() is not None:
+            out.append(("exit", self.process.returncode))
+        return out
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.close()
+
+    def close(self) -> None:
+        if self._read_fd is not None:
+            try:
+                os.close(self._read_fd)
+            except OSError:
+                pass
+            self._read_fd = None
+            self._reader.eof = True
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+# ----------------------------------------------------------------------------- the child
+def _load_core(core_dir: str, name: str):
+    """``core`` under the name it has in Blender, without importing the add-on package (bpy)."""
+    parent = name.rpartition(".")[0]
+    if parent and parent not in sys.modules:
+        # a namespace stand-in for the add-on package: only its ``core`` is ever imported here
+        spec = importlib.util.spec_from_loader(parent, loader=None, is_package=True)
+        pkg = importlib.util.module_from_spec(spec)
+        pkg.__path__ = []
+        sys.modules[parent] = pkg
+    spec = importlib.util.spec_from_file_location(name, str(Path(core_dir) / "__init__.py"),
+                                                  submodule_search_locations=[core_dir])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    if parent:
+        setattr(sys.modules[parent], "core", module)
+    return module
+
+
+def child_main(core_dir: str, core_name: str, fd: int) -> int:
+    if hasattr(os, "nice"):
+        try:
+            os.nice(5)            # background work: Blender's UI keeps the CPU when both want it
+        except OSError:
+            pass
+    try:
+        _load_core(core_dir, core_name)
+        target, args, kwargs = pickle.loads(sys.stdin.buffer.read())   # written by our own parent process
+        call = EngineCall(core_name, target, *args, **kwargs)
+        jobs = importlib.import_module(f"{core_name}.jobs")
+        torch_threads = os.environ.get("FACEFORGE_TORCH_THREADS", "")
+
+        def report(stage, fraction):
+            _send(fd, ("progress", stage, float(fraction)))
+
+        progress = jobs.Progress(report)
+        function = call.function()
+        if torch_threads.isdigit() and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(torch_threads))
+        result = function(*call.args, progress=progress, **call.kwargs)
+        _send(fd, ("result", result))
+        return 0
+    except BaseException as e:  # noqa: BLE001 - everything goes back to Blender
+        errors = sys.modules.get(f"{core_name}.errors")
+        known = errors is not None and isinstance(e, errors.FaceForgeError)
+        tb = "" if known else traceback.format_exc()
+        try:
+            pickle.dumps(e)
+            payload = e
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text is enough
+            payload = None
+        try:
+            _send(fd, ("error", payload, f"{type(e).__name__}: {e}", tb))
+        except OSError:
+            pass
+        return 1
+
+
+if __name__ == "__main__":
+    code = child_main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)          # torch / mediapipe threads can hang a normal exit

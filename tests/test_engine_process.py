@@ -1,0 +1,89 @@
+"""Engine jobs in a child process (blender_addon/engine_process.py, runner.ChildJob): the GUI path
+of the heavy jobs. No Python thread of FaceForge's runs inside Blender while they compute, which
+is what crashed Blender 3.4 on a forced redraw (issue 12 item 8) and made its UI lag (item 9).
+
+Here the child is started exactly as in Blender (the modal operator's timer calls ``job.done``);
+tests/test_gui.py runs it in a real Blender window with screenshots taken mid-job.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+import blender_addon  # noqa: E402,F401
+from blender_addon import runner  # noqa: E402
+from blender_addon.engine import core  # noqa: E402
+from blender_addon.engine_process import EngineCall  # noqa: E402
+
+pytestmark = pytest.mark.blender
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    import imageio.v3 as iio
+    import skimage.data
+    path = tmp_path_factory.mktemp("child") / "astronaut.png"
+    iio.imwrite(path, skimage.data.astronaut())
+    return str(path)
+
+
+def _poll(job, timeout=300.0):
+    """What the modal operator does: ask ``done`` on every timer tick, read the progress."""
+    seen, t = [], time.monotonic()
+    while not job.done:
+        seen.append(job.progress.fraction)
+        assert time.monotonic() - t < timeout, "the child job did not finish"
+        time.sleep(0.05)
+    return seen
+
+
+def test_child_job_gives_the_same_head_as_inline(photo):
+    call = EngineCall(core.__name__, "pipeline:reconstruct_photo", photo, model="facemask", device="cpu")
+    job = runner.ChildJob("Reconstruct", call).start()
+    seen = _poll(job)
+    assert job.outcome() == runner.FINISHED, job.error
+    assert max(seen) > 0.2                                    # progress came back from the child
+    assert job._child.process.returncode == 0
+    inline = call(core.jobs.Progress())                       # the same call in this process
+    assert type(job.result) is type(inline)                   # the same classes (core under the same name)
+    assert np.abs(job.result.rig.vertices - inline.rig.vertices).max() < 1e-4
+    assert job.result.rig.shape_key_names == inline.rig.shape_key_names
+
+
+def test_child_job_error_keeps_its_faceforge_message(tmp_path):
+    noise = tmp_path / "noise.png"
+    import imageio.v3 as iio
+    iio.imwrite(noise, (np.random.default_rng(0).random((120, 120, 3)) * 255).astype(np.uint8))
+    job = runner.ChildJob("Reconstruct", EngineCall(core.__name__, "pipeline:reconstruct_photo", str(noise),
+                                                    model="facemask", device="cpu")).start()
+    _poll(job)
+    assert job.outcome() == runner.FAILED
+    assert isinstance(job.error, core.errors.NoFaceError)       # the engine's own error type, not a generic one
+    assert job.error_message().startswith("No face found in noise.png")
+
+
+def test_cancel_kills_the_child_at_once(photo):
+    job = runner.ChildJob("Reconstruct", EngineCall(core.__name__, "pipeline:reconstruct_photo", photo,
+                                                    model="ict", device="cpu")).start()
+    time.sleep(1.0)
+    t = time.monotonic()
+    job.cancel()
+    assert job.done and time.monotonic() - t < 2.0
+    assert job.outcome() == runner.CANCELLED
+    assert job._child.process.poll() is not None                # no orphan process
+
+
+def test_heavy_operators_hand_the_runner_an_engine_call(tmp_path, monkeypatch):
+    """Reconstruct / photos / track give the runner a picklable call (the child path when clicked)."""
+    import pickle
+    from blender_addon.operators import reconstruct
+    work = reconstruct.pipeline_job(lambda: None, "track_video_to_rig", "clip.mp4", model="ict", device="cpu",
+                                    frame_range=(0, 10), refine=False, track_path=None)
+    call = pickle.loads(pickle.dumps(work.engine_call))
+    assert call.target == "pipeline:track_video_to_rig" and call.args == ("clip.mp4",)
+    assert call.function() is core.pipeline.track_video_to_rig
