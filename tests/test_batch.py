@@ -322,6 +322,15 @@ def test_manifests_folders_and_their_errors(media, tmp_path):
     assert kinds == {"astronaut": "photo", "broken": "track", "clip": "track", "coffee": "photo", "man": "photo",
                      "person": "photos"}
     assert all(j.model == "facemask" for j in jobs)
+    # a batch's output folder inside the input folder is not a photo set on the next run
+    (media / "results" / "report_files").mkdir(parents=True)
+    (media / "results" / "batch.sqlite").write_bytes(b"")
+    shutil.copy(media / "man.jpg", media / "results" / "report_files" / "man.jpg")
+    shutil.copy(media / "man.jpg", media / "results" / "overlay.png")
+    try:
+        assert sorted(j.name for j in load_jobs(media)) == sorted(kinds)
+    finally:
+        shutil.rmtree(media / "results")
 
     csv_path = tmp_path / "jobs.csv"
     csv_path.write_text(f"kind,input,start,end,refine,texture_size\ntrack,{media / 'clip.mp4'},2,10,yes,\n"

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from .ledger import LEDGER_NAME
 
 OUTPUT_KINDS = ("fbx", "glb", "blend")
 DEFAULT_OUTPUTS = OUTPUT_KINDS
@@ -290,6 +291,8 @@ def discover(folder, overrides: dict = None) -> list:
         elif item.is_file() and suffix in SUPPORTED_SUFFIXES:
             jobs.append({"kind": "photo", "input": str(item)})
         elif item.is_dir():
+            if (item / LEDGER_NAME).exists():
+                continue        # a batch's own output folder (its thumbnails are not a photo set)
             photos = [p for p in item.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES]
             if photos:
                 jobs.append({"kind": "photos", "input": str(item), "name": item.name})
