@@ -187,10 +187,11 @@ def engine_threads() -> int:
 
 
 def use_child_process() -> bool:
-    """Run engine calls in a child process (default); FACEFORGE_ENGINE_IN_THREAD=1 keeps the old
-    worker thread (for debugging)."""
+    """Run engine calls in a child process (default on Linux and macOS); FACEFORGE_ENGINE_IN_THREAD=1
+    keeps the worker thread. Windows keeps the thread for now: the child's message pipe is passed as
+    an inherited descriptor and read without blocking, neither of which Python 3.11 does there."""
     import os
-    return os.environ.get("FACEFORGE_ENGINE_IN_THREAD", "") != "1"
+    return os.name == "posix" and os.environ.get("FACEFORGE_ENGINE_IN_THREAD", "") != "1"
 
 
 # ----------------------------------------------------------------------------- one job at a time
