@@ -263,26 +263,36 @@ def apply_state(head, state, view: int) -> None:
 
 
 def finish_pinning(head) -> None:
-    """Bake the identity key into the basis and every shape key (once, when pinning ends), so exports
-    and other tools see a plain head."""
+    """When pinning ends: bake the identity key into the basis and every shape key, so exports and other
+    tools see a plain head, and let the fit's parameters (params.json, exports) follow the pins."""
     keys = head.data.shape_keys
     kb = keys.key_blocks.get(IDENTITY_KEY) if keys is not None else None
-    if kb is None:
+    if kb is not None:
+        V = len(head.data.vertices)
+        basis, co, buf = np.empty(V * 3, np.float32), np.empty(V * 3, np.float32), np.empty(V * 3, np.float32)
+        keys.key_blocks[0].data.foreach_get("co", basis)
+        kb.data.foreach_get("co", co)
+        d = co - basis
+        head.shape_key_remove(kb)
+        for other in head.data.shape_keys.key_blocks:
+            other.data.foreach_get("co", buf)
+            other.data.foreach_set("co", buf + d)
+        head.data.vertices.foreach_get("co", buf)
+        head.data.vertices.foreach_set("co", buf + d)
+        head.data.update()
+    if not head.get(STATE_PROP):
         return
-    V = len(head.data.vertices)
-    basis, co, buf = np.empty(V * 3, np.float32), np.empty(V * 3, np.float32), np.empty(V * 3, np.float32)
-    keys.key_blocks[0].data.foreach_get("co", basis)
-    kb.data.foreach_get("co", co)
-    d = co - basis
-    head.shape_key_remove(kb)
-    for other in head.data.shape_keys.key_blocks:
-        other.data.foreach_get("co", buf)
-        other.data.foreach_set("co", buf + d)
-    head.data.vertices.foreach_get("co", buf)
-    head.data.vertices.foreach_set("co", buf + d)
-    head.data.update()
     _, state = _states(head)
     head[BASIS_SHAPE_PROP] = json.dumps(np.asarray(state.shape, np.float64).tolist())
+    try:
+        info = json.loads(head.get("faceforge_params", "{}"))
+    except ValueError:
+        info = {}
+    if isinstance(info.get("params"), dict):
+        v = state.views[0]                   # the primary photo's camera
+        info["params"].update(shape=state.shape.tolist(), expr=v.expr.tolist(), rotation=v.rotation.tolist(),
+                              translation=v.translation.tolist())
+        head["faceforge_params"] = json.dumps(info)
 
 
 def _store_and_show(head, new_state, view: int) -> None:
@@ -506,17 +516,25 @@ def pixel_to_region(region, rv3d, cam, focal, cx, cy, u, v):
 
 
 # ----------------------------------------------------------------------------- drawing
+DRAW_STATS = {"calls": 0, "points": 0, "error": None}      # what the overlay drew last (GUI test, debugging)
+
+
 def _draw(op, context):
+    try:
+        _draw_pins(op, context)
+    except Exception as exc:                # never let a drawing error spam every redraw
+        DRAW_STATS["error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _draw_pins(op, context):
     import gpu
     from gpu_extras.batch import batch_for_shader
+    DRAW_STATS["calls"] += 1
     head = bpy.data.objects.get(op.head_name)
     cam = context.scene.camera
     if head is None or cam is None or context.region_data is None:
         return
-    try:
-        shown = pins_shown(head, context.scene)
-    except Exception:                       # never let a drawing error spam every redraw
-        return
+    shown = pins_shown(head, context.scene)
     if not shown:
         return
     focal, cx, cy, _, _ = camera_intrinsics(cam)
@@ -529,6 +547,7 @@ def _draw(op, context):
         pts_t.append(tuple(a))
         pts_n.append(tuple(b))
         lines += [tuple(a), tuple(b)]
+    DRAW_STATS["points"] = len(pts_t)
     name = "UNIFORM_COLOR" if bpy.app.version >= (4, 0, 0) else "2D_UNIFORM_COLOR"
     shader = gpu.shader.from_builtin(name)
     gpu.state.blend_set("ALPHA")
