@@ -6,7 +6,10 @@ seconds), so the add-on registers and draws a clear message even when they are m
 Installing runs ``<Blender's python> -m pip install --target <folder>`` as a FaceForge job (in
 the background, with progress and cancel). The folder is per user and per Python version and
 survives add-on updates; it is appended to ``sys.path`` at registration (appended, so Blender's
-own numpy keeps precedence).
+own numpy keeps precedence). Blender ships numpy, and its own add-ons are written for that version
+(Blender 3.4's glTF importer uses ``np.bool``, gone since numpy 1.24): pip is constrained to Blender's
+numpy version, and the numpy pip puts in the folder anyway (``--target`` ignores what is installed)
+is removed, so the add-on's packages can never shadow Blender's numpy, whatever the path order.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 ADDON_PACKAGE = __package__
 
@@ -114,6 +118,38 @@ def python_executable() -> str:
     return sys.executable
 
 
+def blender_numpy_version() -> Optional[str]:
+    """The version of the numpy Blender's Python finds outside FaceForge's own folder (None: none)."""
+    try:
+        spec = importlib.util.find_spec("numpy")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    origin = Path(spec.origin).resolve()
+    if deps_dir().resolve() in origin.parents:
+        return None                             # that numpy is one FaceForge installed
+    from importlib import metadata
+    for dist in metadata.distributions(path=[str(origin.parent.parent)]):
+        if (dist.metadata["Name"] or "").lower() == "numpy":
+            return dist.version
+    try:
+        return metadata.version("numpy")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def remove_numpy(target: Path) -> list:
+    """Delete numpy from FaceForge's folder (Blender's own is used): what was removed."""
+    import shutil
+    removed = []
+    for pattern in ("numpy", "numpy-*.dist-info", "numpy.libs", "numpy-*.data"):
+        for p in target.glob(pattern):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+            removed.append(p.name)
+    return removed
+
+
 def pip_command(python: str, target: Path, specs, extra_args=()) -> list:
     return [python, "-m", "pip", "install", "--target", str(target), "--upgrade", "--no-input",
             "--progress-bar", "off", "--disable-pip-version-check", *extra_args, *specs]
@@ -144,6 +180,11 @@ def install(specs, target: Path, progress, python: str = None, extra_args=()) ->
         progress.update("installing pip", 0.03)
         subprocess.run([python, "-m", "ensurepip", "--upgrade", "--user"], capture_output=True, timeout=300)
     target.mkdir(parents=True, exist_ok=True)
+    numpy_version = blender_numpy_version()
+    if numpy_version:      # every package is resolved against Blender's numpy, never a newer one
+        constraints = target / "faceforge-constraints.txt"
+        constraints.write_text(f"numpy=={numpy_version}\n")
+        extra_args = ["--constraint", str(constraints), *extra_args]
     cmd = pip_command(python, target, specs, extra_args)
     print("FaceForge: " + " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -182,11 +223,15 @@ def install(specs, target: Path, progress, python: str = None, extra_args=()) ->
     tail = "\n".join(log[-8:])
     if code != 0:
         raise err(f"pip failed (exit {code}):\n{tail}\nYou can also run: {documented_command(specs)}")
+    if numpy_version:
+        removed = remove_numpy(target)
+        if removed:
+            log.append(f"kept Blender's numpy {numpy_version} (removed {', '.join(removed)} from {target})")
     progress.update("checking the installed packages", 0.97)
     if str(target) not in sys.path:
         sys.path.append(str(target))
     refresh()
-    return tail
+    return "\n".join(log[-8:])
 
 
 def torch_summary() -> str:

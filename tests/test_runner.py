@@ -284,18 +284,41 @@ def test_validate_model_reports_sizes_or_errors(scene, tmp_path):
         bpy.ops.faceforge.validate_model(filepath=str(tmp_path / "missing.pkl"))
 
 
-def _dummy_wheel(folder: Path) -> Path:
+def _dummy_wheel(folder: Path, name: str = "ffdummy", version: str = "0.1", requires=()) -> Path:
     """A minimal pure-Python wheel, so pip runs for real without any index."""
-    whl = folder / "ffdummy-0.1-py3-none-any.whl"
-    files = {"ffdummy/__init__.py": "VALUE = 42\n",
-             "ffdummy-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: ffdummy\nVersion: 0.1\n",
-             "ffdummy-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                           "Tag: py3-none-any\n"}
+    whl = folder / f"{name}-{version}-py3-none-any.whl"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    files = {f"{name}/__init__.py": "VALUE = 42\n",
+             f"{name}-{version}.dist-info/METADATA": meta,
+             f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                  "Tag: py3-none-any\n"}
     with zipfile.ZipFile(whl, "w") as zf:
-        for name, text in files.items():
-            zf.writestr(name, text)
-        zf.writestr("ffdummy-0.1.dist-info/RECORD", "".join(f"{n},,\n" for n in files) + "ffdummy-0.1.dist-info/RECORD,,\n")
+        for path, text in files.items():
+            zf.writestr(path, text)
+        zf.writestr(f"{name}-{version}.dist-info/RECORD",
+                    "".join(f"{n},,\n" for n in files) + f"{name}-{version}.dist-info/RECORD,,\n")
     return whl
+
+
+def test_installed_packages_never_shadow_blenders_numpy(tmp_path):
+    """Blender's add-ons are written for its own numpy (3.4's glTF importer uses np.bool, gone in numpy
+    1.24): pip is held to that version and the numpy it puts in FaceForge's folder is removed."""
+    import numpy
+    version = dependencies.blender_numpy_version()
+    assert version == numpy.__version__
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _dummy_wheel(wheels, "numpy", version)                       # what pip --target would add
+    _dummy_wheel(wheels, "numpy", "99.0")                        # a newer one: the constraint refuses it
+    _dummy_wheel(wheels, "ffneedsnumpy", "0.1", requires=["numpy>=1"])
+    target = tmp_path / "deps"
+    log = dependencies.install(["ffneedsnumpy"], target, core.jobs.Progress(),
+                               extra_args=["--no-index", "--find-links", str(wheels)])
+    assert (target / "ffneedsnumpy" / "__init__.py").is_file()
+    assert not list(target.glob("numpy*")), sorted(p.name for p in target.iterdir())
+    assert (target / "faceforge-constraints.txt").read_text() == f"numpy=={version}\n"
+    assert f"kept Blender's numpy {version}" in log
+    assert importlib.util.find_spec("numpy").origin == numpy.__file__        # Blender's numpy still wins
 
 
 def test_install_dependencies_runs_pip_as_a_job(scene, tmp_path, monkeypatch):
