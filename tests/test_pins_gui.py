@@ -1,6 +1,7 @@
 """Pins in a real Blender window (Debian's Blender 3.4 under Xvfb, simulated mouse events): a head built
 as a wrong fit of a known "photo" (turned 25 degrees instead of 55, 3 cm off) is corrected by dragging
-five pins with the mouse in Pin Mode; screenshots before and after (kept in out/screens/).
+five pins with the mouse in Pin Mode; Ctrl+Z / Ctrl+Shift+Z undo and redo one pin edit; screenshots
+before and after (kept in out/screens/).
 Driver: tools/gui_pins.py."""
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def test_wrong_fit_corrected_by_dragging_pins_in_the_gui(blender_env):  # noqa: 
     assert res["error_before_mm"] > 25 and res["error_after_mm"] < 6.0, res
     assert res["rotation_error_deg"] < 5.0
     assert res["overlay"]["points"] == 5 and res["overlay"]["error"] is None    # the pins were drawn
+    # one undo step per pin edit: Ctrl+Z takes the fifth pin back (and the head with it), Ctrl+Shift+Z redoes
+    assert res["pins_after_undo"] == 4 and res["camera_moved_by_undo"] and res["pins_after_redo"] == 5
     assert res["identity_key_after_esc"] is False                               # Esc ended the mode, baked
     for name in ("before", "after", "done"):
         shape, spread = _image_stats(Path(res["screens"][name]))

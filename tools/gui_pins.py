@@ -206,6 +206,20 @@ def run_steps():
     # where Blender's camera now shows each pinned feature, against where the photo shows it
     targets_px, now_px = pin_ops.pin_pixels(head)
     RESULT["pin_error_px"] = [round(float(e), 2) for e in np.linalg.norm(targets_px - now_px, axis=1)]
+    # Ctrl+Z in pin mode takes back the last pin edit (the fifth pin), Ctrl+Shift+Z brings it back
+    x, y = int(region.x + 10), int(region.y + 10)
+    cam_before = [list(r) for r in bpy.context.scene.camera.matrix_world]
+    win.event_simulate(type="Z", value="PRESS", x=x, y=y, ctrl=True)
+    win.event_simulate(type="Z", value="RELEASE", x=x, y=y, ctrl=True)
+    yield 1.0
+    head = bpy.data.objects["wrong_fit"]                  # undo reloads the data: look it up again
+    RESULT["pins_after_undo"] = len(pin_ops.load_pins(head))
+    RESULT["camera_moved_by_undo"] = [list(r) for r in bpy.context.scene.camera.matrix_world] != cam_before
+    win.event_simulate(type="Z", value="PRESS", x=x, y=y, ctrl=True, shift=True)
+    win.event_simulate(type="Z", value="RELEASE", x=x, y=y, ctrl=True, shift=True)
+    yield 1.0
+    head = bpy.data.objects["wrong_fit"]
+    RESULT["pins_after_redo"] = len(pin_ops.load_pins(head))
     win.event_simulate(type="ESC", value="PRESS", x=int(region.x + 10), y=int(region.y + 10))
     win.event_simulate(type="ESC", value="RELEASE", x=int(region.x + 10), y=int(region.y + 10))
     yield 0.5
