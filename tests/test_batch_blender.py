@@ -18,7 +18,14 @@ pytest.importorskip("ray")
 pytestmark = pytest.mark.blender
 
 
-def test_batch_panel_runs_the_cli_and_imports_the_results(empty_scene, tmp_path):
+@pytest.fixture
+def fresh_file_after():
+    """The test changes the scene's model choice and imports heads: leave a factory-fresh file behind."""
+    yield
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+
+
+def test_batch_panel_runs_the_cli_and_imports_the_results(empty_scene, fresh_file_after, tmp_path):
     import cv2
     import skimage.data
 

@@ -8,8 +8,6 @@ stop). Import Results brings each finished job's head into the scene (its .blend
 its GLB or FBX).
 """
 
-from __future__ import annotations
-
 import importlib
 import os
 import signal
