@@ -34,7 +34,7 @@ def ict():
     return load_model("ict")
 
 
-def build(ict, yaw=20.0, seed=0):
+def build(ict, yaw=20.0, seed=0, second_yaw=None):
     """A head as the photo reconstruction leaves it: basis = identity, expression keys at their values,
     a camera with the fit's pose, the fit's parameters on the object."""
     from blender_addon.core.rig import CameraSpec, HeadRig
@@ -50,6 +50,9 @@ def build(ict, yaw=20.0, seed=0):
                   topology=model_topology(ict),
                   camera=CameraSpec(focal_px=FOCAL, width=SIZE, height=SIZE, rotation=R, translation=t,
                                     cx=SIZE / 2, cy=SIZE / 2),
+                  views=[] if second_yaw is None else [CameraSpec(
+                      focal_px=FOCAL, width=SIZE, height=SIZE, rotation=_rotation(second_yaw), translation=t,
+                      cx=SIZE / 2, cy=SIZE / 2)],
                   metadata={"model": "ict"})
     head = head_builder.build_head(bpy.context, rig)["mesh"]
     head["faceforge_model"] = "ict"
@@ -264,3 +267,31 @@ def test_tracked_head_corrected_by_keyframe_pins(empty_scene, ict, tmp_path):
     assert pin_ops.load_track_pins(head) == []
     back = np.linalg.norm(seen(30, mid) - np.array([p.target for p in mid]), axis=1).mean()
     assert back == pytest.approx(before_mid, abs=0.05)
+
+
+def test_pins_in_the_second_photo_of_a_multi_photo_head(empty_scene, ict):
+    """Two photo cameras share the identity: pins in the second photo re-solve the identity (the mesh
+    changes for both), move only the second camera, and Blender's second camera shows each pin at its target."""
+    head, shape, expr, R, t = build(ict, yaw=-10.0, second_yaw=50.0)
+    cams = pin_ops.head_cameras(head)
+    assert len(cams) == 2
+    pin_ops.ensure_pin_data(head)
+    model, solver = pin_ops.solver_for(head)
+    _, state = pin_ops._states(head)
+    emb = model.landmarks
+    feats = [int(np.flatnonzero(emb.detector_index == d)[0]) for d in (1, 152, 61, 291, 263, 10)]
+    px = solver.landmark_pixels(state, 1)[feats]
+    first = np.array(cams[0].matrix_world)
+    targets = px + np.array([[4.0, 0.0], [0.0, 5.0], [-3.0, 2.0], [3.0, 2.0], [0.0, -3.0], [0.0, -4.0]])
+    for k, (p, q) in enumerate(zip(px, targets)):
+        i = pin_ops.add_pin(head, 1, *p)
+        assert i == k
+        pin_ops.move_pin(head, i, *q)
+    ref, cur = pin_ops._states(head)
+    assert not np.allclose(cur.shape, ref.shape)                      # the shared identity moved
+    assert np.allclose(np.array(cams[0].matrix_world), first, atol=1e-7)
+    assert np.array_equal(cur.views[0].expr, ref.views[0].expr)
+    bpy.context.scene.camera = cams[1]
+    for p, q in zip(pin_ops.load_pins(head), targets):
+        assert p.view == 1
+        assert np.linalg.norm(seen_px(head, p.face, p.bary, cams[1]) - q) < 0.5
