@@ -234,3 +234,52 @@ def test_corrupted_span_of_a_track_is_corrected_by_pins_on_two_keyframes(ict, so
                                    solver=solver)
     assert np.allclose(again.rotation, refine_track_with_pins(out, ict, None, PinConfig(
         use_landmarks=False, lock_identity=True), falloff=6, solver=solver).rotation, atol=1e-5)
+
+
+def test_photo_and_multi_photo_fits_take_pins(ict, solver):
+    """The fit objects themselves: a PhotoFit and a MultiPhotoFit re-solved around pins come back with
+    their parameters, vertices and landmark figures updated (and everything else kept)."""
+    import dataclasses
+
+    from core.fit.photo_fit import PhotoFit
+    from core.fit.pins import multi_fit_with_pins, photo_fit_with_pins, state_from_photo_fit
+    _, shape, expr = person(ict, 9)
+    st = head(ict, shape, expr, 15)
+    v = st.views[0]
+    lm = solver.landmark_pixels(st)
+    params = {"shape": shape, "expr": expr, "joint_pose": np.zeros((0, 3), np.float32), "rotation": v.rotation,
+              "translation": v.translation, "focal": np.float32(FOCAL), "cx": np.float32(SIZE / 2),
+              "cy": np.float32(SIZE / 2), "sh": np.zeros((9, 3), np.float32), "albedo_coeffs": np.zeros(0)}
+    verts = solver.vertices(st)
+    fit = PhotoFit(params=params, vertices_neutral=verts, vertices_model=verts, vertices_camera=verts,
+                   vertex_albedo=np.full((ict.n_vertices, 3), 0.5, np.float32), landmarks_model_px=lm,
+                   landmarks_detected_px=lm.copy(), landmark_detector_index=ict.landmarks.detector_index,
+                   landmark_error_px=0.0, landmark_error_rel=0.0, photometric_error=None, image_size=(SIZE, SIZE))
+    pins = feature_pins(ict, solver, head(ict, shape, expr, 25), [1, 152, 61, 263])
+    out = photo_fit_with_pins(solver, fit, pins, config=PinConfig(use_landmarks=False))
+    assert not np.allclose(out.params["rotation"], v.rotation) and out.params["sh"] is params["sh"]
+    X = out.vertices_camera                                   # the returned mesh shows the pin at its target
+    tri = ict.faces[pins[0].face]
+    P = (X[tri] * np.asarray(pins[0].bary)[:, None]).sum(0)
+    assert np.linalg.norm([FOCAL * P[0] / P[2] + SIZE / 2 - pins[0].target[0],
+                           FOCAL * P[1] / P[2] + SIZE / 2 - pins[0].target[1]]) < 0.5
+    assert np.allclose(out.landmarks_model_px, solver.landmark_pixels(state_from_photo_fit(out)), atol=1e-3)
+    assert out.landmark_error_px == pytest.approx(
+        float(np.linalg.norm(out.landmarks_model_px - lm, axis=1).mean()), rel=1e-5) and out.landmark_error_px > 1
+    assert np.allclose(out.vertices_neutral, ict.v_template + ict.shape_basis @ out.params["shape"], atol=1e-5)
+
+    @dataclasses.dataclass
+    class Multi:                       # the fields of a MultiPhotoFit that multi_fit_with_pins reads and replaces
+        shape: np.ndarray
+        views: list
+        vertices_neutral: object
+
+    b = head(ict, shape, expr, 50).views[0]
+    views = [dict(R=w.rotation, t=w.translation, focal=FOCAL, cx=SIZE / 2, cy=SIZE / 2, expr=expr,
+                  joint_pose=np.zeros((0, 3)), sh=None, reproj_px=0.0, image_size=(SIZE, SIZE)) for w in (v, b)]
+    truth_b = head(ict, shape + 0.8 * np.eye(ict.n_shape, dtype=np.float32)[0], expr, 50)
+    pins_b = [Pin(p.face, p.bary, p.target, 1) for p in feature_pins(ict, solver, truth_b, [1, 152, 61, 291, 263, 10])]
+    out_m = multi_fit_with_pins(solver, Multi(shape, views, None), pins_b,
+                                config=PinConfig(use_landmarks=False, lock_pose=True))
+    assert not np.allclose(out_m.shape, shape) and out_m.views[0]["sh"] is None
+    assert np.array_equal(out_m.views[0]["R"], v.rotation) and out_m.vertices_neutral.shape == (ict.n_vertices, 3)

@@ -508,3 +508,41 @@ def ray_triangles(origin: np.ndarray, direction: np.ndarray, tris: np.ndarray):
         return None
     k = int(np.flatnonzero(hit)[np.argmin(t[hit])])
     return k, np.array([1 - u[k] - v[k], u[k], v[k]])
+
+
+# ---------------------------------------------------------------------------- fits in, fits out
+def photo_fit_with_pins(solver: PinSolver, fit, pins: Sequence[Pin], detection=None,
+                        config: Optional[PinConfig] = None):
+    """A PhotoFit (core/fit/photo_fit.py) re-solved around ``pins`` (all in view 0): parameters,
+    vertices and landmark figures updated; colours and light kept."""
+    state = solver.solve(state_from_photo_fit(fit, detection), pins, config)
+    v = state.views[0]
+    params = dict(fit.params, shape=state.shape.copy(), expr=v.expr.copy(), rotation=v.rotation.copy(),
+                  translation=v.translation.copy())
+    lm_px = solver.landmark_pixels(state) if solver.model.landmarks is not None else fit.landmarks_model_px
+    err = float(np.linalg.norm(lm_px - fit.landmarks_detected_px, axis=1).mean())
+    if detection is not None:
+        size = float(detection.face_size)
+    elif fit.landmark_error_rel > 0:
+        size = fit.landmark_error_px / fit.landmark_error_rel
+    else:
+        size = float(max(np.ptp(fit.landmarks_detected_px[:, 0]), 1.0))
+    with torch.no_grad():
+        neutral = solver.layer.shaped(torch.as_tensor(state.shape[None]))[0].cpu().numpy()
+    return dataclasses.replace(fit, params=params, vertices_neutral=neutral,
+                               vertices_model=solver.vertices(state, 0, camera_space=False),
+                               vertices_camera=solver.vertices(state, 0), landmarks_model_px=lm_px,
+                               landmark_error_px=err, landmark_error_rel=err / size)
+
+
+def multi_fit_with_pins(solver: PinSolver, multi, pins: Sequence[Pin], detections=None,
+                        config: Optional[PinConfig] = None):
+    """A MultiPhotoFit (core/fit/multi_fit.py) re-solved around ``pins`` (``Pin.view`` = photo index):
+    the shared identity, every photo's pose and expression, the neutral vertices."""
+    idx = solver.model.landmarks.detector_index if solver.model.landmarks is not None else None
+    state = solver.solve(state_from_multi_fit(multi, detections, idx), pins, config)
+    views = [dict(v, R=s.rotation.copy(), t=s.translation.copy(), expr=s.expr.copy())
+             for v, s in zip(multi.views, state.views)]
+    with torch.no_grad():
+        neutral = solver.layer.shaped(torch.as_tensor(state.shape[None]))[0].cpu().numpy()
+    return dataclasses.replace(multi, shape=state.shape.copy(), views=views, vertices_neutral=neutral)
