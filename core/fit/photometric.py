@@ -69,7 +69,23 @@ def skin_weight(image_rgb: np.ndarray, landmarks_px: np.ndarray) -> np.ndarray:
     spread = 1.4826 * np.median(np.abs(sample - med), 0) + np.array([8.0, 3.0, 3.0])   # MAD -> sigma, floors
     z = (ycc - med) / (spread * np.array([3.0, 2.5, 2.5]))    # luma varies with shading: looser
     like = np.exp(-0.5 * (z ** 2).sum(-1))
-    return (hull * np.maximum(like, features.astype(np.float32))).astype(np.float32)
+    # the mouth's opening shows teeth, tongue or darkness, never lip or skin: a smile would bake
+    # its teeth into the lips' texels (the lips region above is kept whatever its colour)
+    open_mouth = mouth_opening(landmarks_px, H, W, grow=max(1, int(0.01 * size)))
+    return (hull * np.maximum(like, features.astype(np.float32)) * (1.0 - open_mouth)).astype(np.float32)
+
+
+def mouth_opening(landmarks_px: np.ndarray, height: int, width: int, grow: int = 0) -> np.ndarray:
+    """(H, W) float 1 inside the inner lip contour (the mouth's opening; empty when closed), grown by
+    ``grow`` pixels."""
+    import cv2
+    inner = landmark_regions()["inner_lips"]          # lower lip corner to corner, then the upper lip
+    ring = inner[:11] + inner[11:][::-1]
+    mask = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(mask, [np.round(landmarks_px[ring, :2]).astype(np.int32)], 1)
+    if grow > 0 and mask.any():
+        mask = cv2.dilate(mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    return mask.astype(np.float32)
 
 
 class PhotometricTarget:

@@ -3,6 +3,8 @@
 For every texel (the UV layout rasterised once), each photo contributes the colour it sees at
 that surface point, if the point is visible there (z-buffer of that view) and facing the camera:
 - lighting is removed by dividing by the view's fitted SH irradiance at the point's normal;
+- each photo's colours are first brought to the best-seen photo's exposure and white balance
+  (``match_exposure``), so their blend leaves no seam;
 - contributions are weighted by the squared cosine between normal and view ray (grazing views
   are stretched and blurry), by photo quality, and fade out near silhouettes;
 - a view may carry a ``mask`` (H, W) weight in [0, 1]: only there is its colour skin (the
@@ -103,6 +105,27 @@ def _rasterise_uv(uv_corners: np.ndarray, size: int, device, tiles: int = 1):
     return frags.pix_to_face[0], frags.bary[0].detach()
 
 
+def match_exposure(A: torch.Tensor, Wt: torch.Tensor, min_weight: float = 0.1, min_texels: int = 200,
+                   limits=(0.5, 2.0)) -> torch.Tensor:
+    """(K, 3) colour gains that bring every photo to the exposure and white balance of the best-seen
+    one (the largest total weight), from the texels both see well: the ratio of their median
+    colours. Photos taken apart differ in exposure and white balance, which the per-photo lighting
+    fit does not fully absorb; blended unmatched, they leave a colour seam where one photo's
+    coverage gives way to another's. A photo sharing too few texels with the reference keeps 1."""
+    K = A.shape[0]
+    gains = torch.ones(K, 3, dtype=A.dtype, device=A.device)
+    if K < 2:
+        return gains
+    ref = int(Wt.sum(1).argmax())
+    for k in range(K):
+        both = (Wt[ref] > min_weight) & (Wt[k] > min_weight)
+        if k == ref or int(both.sum()) < min_texels:
+            continue
+        ratio = A[ref][both].median(0).values / A[k][both].median(0).values.clamp_min(1e-3)
+        gains[k] = ratio.clamp(*limits)
+    return gains
+
+
 def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallback_albedo: np.ndarray,
                  size: int = 512, symmetric: bool = True, model_vertices=None, device="cpu",
                  tiles: int = 1) -> BakeResult:
@@ -157,6 +180,8 @@ def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallbac
         per_view.append((albedo, w))
     A = torch.stack([a for a, _ in per_view])            # (K, N, 3)
     Wt = torch.stack([w for _, w in per_view])           # (K, N)
+    gains = match_exposure(A, Wt)
+    A = (A * gains[:, None, :]).clamp(0, 1)
     wsum = Wt.sum(0)
     seen = wsum > 1e-3
     out = torch.zeros(len(tf), 3, device=dev)      # photo colour (meaningful where seen)
