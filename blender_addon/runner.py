@@ -280,19 +280,24 @@ def status(context=None):
 
 
 def publish(context, job: Job) -> None:
-    """Copy the worker's progress into the UI state (main thread only)."""
+    """Copy the worker's progress into the UI state (main thread only). Only values that changed are
+    written, the fraction in whole percents: every write of a property notifies Blender's UI and
+    costs a redraw of what shows it."""
     st = status(context)
     if st is None:
         return
     p = job.progress
-    st.running = True
-    st.cancelling = job.cancelling
-    st.label = job.label
-    st.stage = "cancelling" if job.cancelling else p.stage
-    st.fraction = p.fraction
     eta = None if job.cancelling else p.eta_seconds()
-    st.eta = format_eta(eta)
-    st.text = "Cancelling…" if job.cancelling else progress_text(p.stage, p.fraction, eta)
+    values = {
+        "running": True, "cancelling": job.cancelling, "label": job.label,
+        "stage": "cancelling" if job.cancelling else p.stage,
+        "fraction": round(p.fraction, 2), "eta": format_eta(eta),
+        "text": "Cancelling…" if job.cancelling else progress_text(p.stage, p.fraction, eta),
+    }
+    for name, value in values.items():
+        old = getattr(st, name)
+        if (abs(old - value) > 1e-4) if isinstance(value, float) else old != value:   # RNA floats are float32
+            setattr(st, name, value)
 
 
 def publish_end(context, job: Job, state: str, message: str, warnings=()) -> None:
