@@ -202,6 +202,7 @@ def test_batch_on_a_two_node_cluster_survives_a_killed_worker_and_bad_files(medi
     assert {n: r["state"] for n, r in rows.items()} == {**{n: "done" for n in good}, "broken": "failed",
                                                          "coffee": "failed"}
     assert rows["clip_a"]["attempts"] == 2, rows["clip_a"]
+    assert rows["clip_a"]["worker_pid"] != killed[0]                 # the retry ran in another worker process
     assert all(rows[n]["attempts"] == 1 for n in good if n != "clip_a")
     assert "Could not read any frame" in rows["broken"]["error"]
     assert "No face found" in rows["coffee"]["error"]
@@ -341,6 +342,18 @@ def test_manifests_folders_and_their_errors(media, tmp_path):
     args = a.cli_args("@OUT@", "cpu")
     assert args[:2] == ["track", str(media / "clip.mp4")] and "--refine" in args
     assert args[args.index("--start") + 1] == "2" and args[args.index("--track-file") + 1] == "@OUT@/head.fftrack.npz"
+
+    # every kind's command line is one the faceforge command accepts (its own parser says so)
+    from blender_addon import cli
+    style = tmp_path / "x.ffstyle.pt"
+    style.write_bytes(b"")
+    for job in (a, b, *jobs, JobSpec(name="i", kind="implicit", inputs=(str(media / "clip.mp4"),),
+                                     options={"steps": 10, "size": 32, "frames": 4, "resolution": 16,
+                                              "track_file": str(style)}),
+                JobSpec(name="s", kind="apply-style", inputs=(str(style), str(style)))):
+        parsed = cli.build_parser().parse_args(job.cli_args("/tmp/o", "cpu"))
+        assert parsed.command == {"photo": "reconstruct", "photos": "reconstruct-photos"}.get(job.kind, job.kind)
+        assert parsed.glb == "/tmp/o/head.glb" and parsed.device == "cpu"
 
     # a manifest the Blender panel writes reads back the same
     back = tmp_path / "back.toml"
