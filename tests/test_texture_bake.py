@@ -16,7 +16,7 @@ from core.fit.photometric import mouth_opening, skin_weight
 from core.models import load_model
 from core.render.shading import default_sh
 from core.rig.model_rig import skin_uv
-from core.texture.bake import bake_texture, match_exposure, render_textured
+from core.texture.bake import bake_texture, grazing_weight, match_exposure, render_textured
 
 SKIN = np.array([0.78, 0.58, 0.48])
 CAST = np.array([0.70, 0.76, 0.92])        # the second photo: darker and bluer
@@ -88,3 +88,12 @@ def test_exposure_gains_come_from_shared_texels_only():
     assert torch.allclose(g[0], torch.ones(3)) and torch.allclose(g[1], 1 / torch.tensor([0.5, 0.6, 0.8]))
     Wt[1, 100:] = 0                                # only 100 shared texels: too few to judge
     assert torch.allclose(match_exposure(A, Wt)[1], torch.ones(3))
+
+
+def test_grazing_views_give_no_colour():
+    """A pixel seen at more than ~75 degrees smears over many texels (the streaks on cheeks and
+    ears): it gives nothing; frontal views count fully, oblique ones as cos squared."""
+    cos = torch.tensor([1.0, 0.8, 0.5, 0.4, 0.25, 0.2, 0.05])
+    w = grazing_weight(cos)
+    assert torch.allclose(w[:3], cos[:3] ** 2) and 0 < w[3] < cos[3] ** 2
+    assert (w[4:] == 0).all()

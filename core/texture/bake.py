@@ -6,7 +6,8 @@ that surface point, if the point is visible there (z-buffer of that view) and fa
 - each photo's colours are first brought to the best-seen photo's exposure and white balance
   (``match_exposure``), so their blend leaves no seam;
 - contributions are weighted by the squared cosine between normal and view ray (grazing views
-  are stretched and blurry), by photo quality, and fade out near silhouettes;
+  are stretched and blurry) and dropped below ~75° (``grazing_weight``: streaks), by photo
+  quality, and fade out near silhouettes;
 - a view may carry a ``mask`` (H, W) weight in [0, 1]: only there is its colour skin (the
   detected face's outline: hair, collars and hands are not); the weight fades at its edge, where
   the fill below takes over smoothly;
@@ -105,6 +106,15 @@ def _rasterise_uv(uv_corners: np.ndarray, size: int, device, tiles: int = 1):
     return frags.pix_to_face[0], frags.bary[0].detach()
 
 
+def grazing_weight(cos: torch.Tensor, start: float = 0.25, full: float = 0.5) -> torch.Tensor:
+    """How much a photo's colour counts at a surface point seen at angle acos(cos): cos² (foreshortened
+    texels are blurry), and nothing below ``start`` (~75°), fading in up to ``full`` (60°): there a
+    pixel smears over many texels and its colour streaks; the other photos or the fill do better."""
+    c = cos.clamp(0, 1)
+    t = ((c - start) / (full - start)).clamp(0, 1)
+    return c ** 2 * t * t * (3 - 2 * t)
+
+
 def match_exposure(A: torch.Tensor, Wt: torch.Tensor, min_weight: float = 0.1, min_texels: int = 200,
                    limits=(0.5, 2.0)) -> torch.Tensor:
     """(K, 3) colour gains that bring every photo to the exposure and white balance of the best-seen
@@ -172,7 +182,7 @@ def bake_texture(faces: np.ndarray, uv_corners: np.ndarray, views: list, fallbac
             colour = F.grid_sample(img.permute(2, 0, 1)[None], grid, align_corners=False, mode="bilinear")[0, :, 0].T
             irradiance = sh_irradiance(n[None], torch.as_tensor(view["sh"], dtype=torch.float32, device=dev)[None])[0]
             albedo[sel] = (colour / irradiance.clamp_min(0.05)).clamp(0, 1)
-            wv = visible.float() * cos.clamp(0, 1) ** 2 * float(view.get("weight", 1.0))
+            wv = visible.float() * grazing_weight(cos) * float(view.get("weight", 1.0))
             if mask is not None:
                 m = torch.as_tensor(mask, dtype=torch.float32, device=dev)[None, None]
                 wv = wv * F.grid_sample(m, grid, align_corners=False, mode="bilinear")[0, 0, 0]
