@@ -317,8 +317,10 @@ def test_ctrl_c_stops_the_command_cleanly_and_the_next_run_finishes(media, clust
 
 
 # ----------------------------------------------------------------------------- manifests (no Ray)
-def test_manifests_folders_and_their_errors(media, tmp_path):
-    jobs = load_jobs(media, {"model": "facemask"})
+def test_manifests_folders_and_their_errors(media, tmp_path, monkeypatch):
+    monkeypatch.chdir(media.parent)                       # a folder named relative to the working directory
+    jobs = load_jobs(media.name, {"model": "facemask"})
+    assert all(Path(p).is_file() or Path(p).is_dir() for j in jobs for p in j.inputs)
     kinds = {j.name: j.kind for j in jobs}
     assert kinds == {"astronaut": "photo", "broken": "track", "clip": "track", "coffee": "photo", "man": "photo",
                      "person": "photos"}

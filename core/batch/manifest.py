@@ -280,7 +280,7 @@ def discover(folder, overrides: dict = None) -> list:
     from ..detect.images import SUPPORTED_SUFFIXES
     from ..track.video import VIDEO_SUFFIXES
 
-    folder = Path(folder)
+    folder = Path(folder).expanduser().resolve()
     jobs = []
     for item in sorted(folder.iterdir()):
         if item.name.startswith("."):
