@@ -6,7 +6,8 @@ Re-solving warm-starts from an existing solution (a photo fit, a multi-photo fit
 and minimises, by Levenberg-Marquardt with the analytic Jacobian of landmark_solve.py:
 
 - the pins' reprojection error, in units of ``pin_sigma_px`` (small: pins are strong constraints);
-- optionally the detector's landmarks, weighted as in the photo fit, with the N(0, 1) priors;
+- optionally the landmarks, weighted as in the photo fit: held where the previous solution put them
+  (default), or pulled to the detector's points with the photo fit's N(0, 1) priors;
 - a prior that keeps every parameter near the previous solution (identity, each view's expression
   and pose), so a pin changes only what it demands;
 - the expression weights' range (0..1 for blendshape models): a wall, steps clipped at it and an
@@ -104,6 +105,10 @@ class HeadState:
 class PinConfig:
     pin_sigma_px: float = 0.1         # how closely a pin is followed (pixels, one standard deviation)
     use_landmarks: bool = True        # the detector's points too (where the view has them)
+    # "fit": the landmarks hold where the previous solution put them (re-solving without pins changes
+    # nothing); "detector": they pull to the detections, with the photo fit's N(0, 1) priors (the
+    # re-solve also finishes an automatic fit that stopped short of the detector's optimum)
+    landmark_targets: str = "fit"
     landmark_sigma: float = 0.012     # their noise as a fraction of the face size (as the photo fit)
     # how far a parameter may move from the previous solution for about the cost of one pixel of pin
     # error at pin_sigma_px: identity and expression in coefficient units, rotation in degrees,
@@ -250,6 +255,8 @@ class PinSolver:
         """The head re-solved around ``pins``, near ``reference`` (the solution before the edits);
         ``start`` (e.g. the last drag's solution) only warm-starts the iterations."""
         cfg = config or PinConfig()
+        # a drag step starts next to its answer: the pose-only stage is for solves from the reference
+        rigid_iters = cfg.rigid_iters if start is None or start is reference else 0
         start = start or reference
         ks, ke = self.ks, self.ke
         N = len(reference.views)
@@ -271,7 +278,14 @@ class PinSolver:
             if n_lm:
                 lm = torch.as_tensor(v.landmarks, dtype=dt)
                 seen = torch.isfinite(lm).all(1)
-                target[:n_lm, :2] = torch.nan_to_num(lm)
+                if cfg.landmark_targets == "fit":
+                    # where the previous solution put them: without pins nothing moves (an automatic fit
+                    # that stopped short of the detector's optimum is not re-fitted by the first pin)
+                    c_ref = torch.as_tensor(np.concatenate([reference.shape, v.expr]), dtype=dt)
+                    target[:n_lm, :2] = torch.as_tensor(self._project(
+                        (T[:n_lm] + B[:n_lm] @ c_ref).float(), v), dtype=dt)
+                else:
+                    target[:n_lm, :2] = torch.nan_to_num(lm)
                 sqrt_w[:n_lm] = torch.sqrt(self._lm_weights.to(dt)) * seen
             if vp:
                 target[n_lm:, :2] = torch.as_tensor(np.array([p.target for p in vp], np.float32))
@@ -286,7 +300,7 @@ class PinSolver:
             # once over the views); without them the prior on the previous solution stands in. They
             # are merged with that prior below (one row per coefficient), so the problem's own prior
             # rows stay zero and are dropped with its (unused) depth and focal rows
-            if n_lm:
+            if n_lm and cfg.landmark_targets == "detector":
                 n01_shape += 1.0 / N
                 n01_expr[i] = 1.0
             L = len(T)
@@ -410,7 +424,7 @@ class PinSolver:
             state, it = self._pack(start), 0
             # as the photo fit: the pose first (a head turned the wrong way is not bent into place by
             # expressions), then everything that is free
-            for stage_free, stage_iters in ((rigid, cfg.rigid_iters), (free, cfg.iters)):
+            for stage_free, stage_iters in ((rigid, rigid_iters), (free, cfg.iters)):
                 if not bool(stage_free.any()) or stage_iters <= 0:
                     continue
                 with torch.no_grad():
