@@ -283,3 +283,20 @@ def test_photo_and_multi_photo_fits_take_pins(ict, solver):
                                 config=PinConfig(use_landmarks=False, lock_pose=True))
     assert not np.allclose(out_m.shape, shape) and out_m.views[0]["sh"] is None
     assert np.array_equal(out_m.views[0]["R"], v.rotation) and out_m.vertices_neutral.shape == (ict.n_vertices, 3)
+
+
+def test_re_solving_does_not_re_fit_the_detector_unless_asked(ict, solver):
+    """An automatic fit that stopped short of its detections (here: detections 2 px of noise away from the
+    fitted landmarks): re-solved without pins it stays put (landmarks hold where the fit put them), while
+    landmark_targets='detector' pulls it on towards the detections."""
+    rng, shape, expr = person(ict, 10)
+    st = head(ict, shape, expr, 10)
+    lm = solver.landmark_pixels(st)
+    st.views[0].landmarks = lm + rng.normal(0, 2.0, lm.shape).astype(np.float32)
+    st.views[0].face_size = float(np.ptp(lm[:, 0]))
+    idx = np.flatnonzero(ict.skin_vertex_mask())
+    moved = {}
+    for mode in ("fit", "detector"):
+        out = solver.solve(st, [], PinConfig(landmark_targets=mode, iters=30))
+        moved[mode] = float(np.linalg.norm(solver.vertices(out)[idx] - solver.vertices(st)[idx], axis=1).mean() * 1000)
+    assert moved["fit"] < 0.1 and moved["detector"] > 0.5, moved
