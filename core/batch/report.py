@@ -160,8 +160,12 @@ def _figure_text(fig: dict) -> str:
 def write_report(out_dir, rows: list, summary: dict) -> dict:
     """report.md and report.html in ``out_dir`` from the ledger's rows; written atomically."""
     out_dir = Path(out_dir)
-    lines = ["# FaceForge batch report", "",
-             ", ".join(f"{k}: {v}" for k, v in summary.items()), "",
+    states = {}
+    for r in rows:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    overall = f"{len(rows)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    this_run = "This run: " + ", ".join(f"{k}: {v}" for k, v in summary.items())
+    lines = ["# FaceForge batch report", "", overall, "", this_run, "",
              "| | job | kind | state | time (s) | attempts | figures | error |",
              "|---|---|---|---|---|---|---|---|"]
     cells = []
@@ -192,7 +196,7 @@ def write_report(out_dir, rows: list, summary: dict) -> dict:
     page = ("<!doctype html><meta charset=utf-8><title>FaceForge batch report</title>"
             "<style>body{font-family:sans-serif}td,th{padding:4px 8px;border-bottom:1px solid #ddd;"
             "vertical-align:middle}</style><h1>FaceForge batch report</h1>"
-            f"<p>{html.escape(', '.join(f'{k}: {v}' for k, v in summary.items()))}</p>"
+            f"<p><b>{html.escape(overall)}</b></p><p>{html.escape(this_run)}</p>"
             "<table><tr><th></th><th>job</th><th>kind</th><th>state</th><th>time (s)</th><th>attempts</th>"
             f"<th>figures</th><th>error</th></tr>\n{body}</table>\n")
     paths = {}
