@@ -670,6 +670,10 @@ def batch(args, parser) -> int:
         show.close()
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:     # a second Ctrl+C, or one before the jobs started: the ledger is consistent
+        show.close()
+        print("FaceForge: stopped; run the same command again to continue.", flush=True)
+        return 130
     show.close()
     width = max([len(r["name"]) for r in summary.rows] + [3])
     print(f"{'job':<{width}}  {'kind':<11} {'state':<9} {'time s':>7} {'tries':>5}  error")

@@ -385,6 +385,9 @@ def test_manifests_folders_and_their_errors(media, tmp_path, monkeypatch):
     twice = tmp_path / "twice.toml"
     twice.write_text(f'[[job]]\nkind = "track"\ninput = {clip}\n[[job]]\nkind = "track"\ninput = {clip}\n')
     assert [j.name for j in load_jobs(twice)] == ["clip", "clip-2"]
+    # the report's own folder is never a job's
+    twice.write_text(f'[[job]]\nkind = "track"\ninput = {clip}\nname = "report_files"\n')
+    assert [j.name for j in load_jobs(twice)] == ["report_files-2"]
 
 
 def test_the_cli_reports_a_bad_manifest_without_starting_ray(tmp_path):

@@ -58,6 +58,7 @@ KINDS = {
 ALIASES = {"reconstruct": "photo", "reconstruct-photos": "photos", "apply_style": "apply-style"}
 JOB_KEYS = {"kind", "input", "inputs", "name", "model", "device", "outputs", "options"}
 CSV_KEYS = {"kind", "input", "inputs", "name", "model", "device", "outputs"}
+RESERVED = "report_files"      # the output folder's own (the report's thumbnails); .staging starts with a dot
 NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -201,11 +202,11 @@ def make_job(raw: dict, base: Path, where: str, defaults: dict = None) -> JobSpe
 
 def unique_names(jobs: list, explicit: set) -> list:
     """Output folders must differ: a repeated default name gets -2, -3...; a repeated explicit one is an error."""
-    seen, out = set(), []
+    seen, out = {RESERVED}, []
     for job in jobs:
         name = job.name
         if name.lower() in seen:
-            if name in explicit:
+            if name in explicit and name.lower() != RESERVED:
                 raise InputError(f"Two jobs are named '{name}': each job needs its own output folder.")
             n = 2
             while f"{name}-{n}".lower() in seen:

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -250,7 +251,7 @@ def _run_on_ray(todo, out: Path, staging: Path, ledger: Ledger, options: BatchOp
             num_cpus=options.cpus_per_job, num_gpus=options.gpus_per_job, max_retries=options.max_retries,
             retry_exceptions=True)   # run_job raises only when the command itself was killed
         queue = list(todo)
-        running = {}                 # ref -> (job, spec, submitted at)
+        running = {}                 # ref -> (job, spec, when it was seen starting)
         with _Interrupt(progress) as interrupt:
             while (queue or running) and not interrupt.stop:
                 slots = _capacity(ray, options) if queue else 0
@@ -261,7 +262,7 @@ def _run_on_ray(todo, out: Path, staging: Path, ledger: Ledger, options: BatchOp
                                    worker_module.OUT_TOKEN, _job_device(job, options.gpus_per_job)),
                                "timeout_s": options.timeout_s, "threads": max(1, int(options.cpus_per_job)),
                                "env": dict(options.env), "spec": spec, "input_hash": digest}
-                    running[task.remote(payload)] = (job, spec, time.monotonic())
+                    running[task.remote(payload)] = (job, spec, None)     # None: not seen starting yet
                     ledger.started(job.name)
                     counts["pending"] -= 1
                     counts["running"] += 1
@@ -274,10 +275,16 @@ def _run_on_ray(todo, out: Path, staging: Path, ledger: Ledger, options: BatchOp
                     _record(ray, ref, job, spec, out, ledger, counts)
                     changed()
                 if options.timeout_s:
-                    # the worker enforces the limit; this is for a task that never came back at all
+                    # the worker enforces the limit; this is for a task that never came back at all. Its
+                    # clock starts when the job's working folder appears (a task queued behind other work
+                    # on a shared cluster has not started)
                     now = time.monotonic()
-                    for ref, (job, spec, submitted) in list(running.items()):
-                        if now - submitted > options.timeout_s + DRIVER_GRACE_S:
+                    for ref, (job, spec, started) in list(running.items()):
+                        if started is None:
+                            if any(staging.glob(f"{glob.escape(job.name)}/attempt-*")):
+                                running[ref] = (job, spec, now)
+                            continue
+                        if now - started > options.timeout_s + DRIVER_GRACE_S:
                             ray.cancel(ref, force=True)
                             running.pop(ref)
                             ledger.finished(job.name, "timeout", error=f"no answer within the time limit "
