@@ -72,3 +72,32 @@ def test_batch_panel_runs_the_cli_and_imports_the_results(empty_scene, fresh_fil
     assert "coffee" not in bpy.data.collections
     assert bpy.ops.faceforge.batch_import() == {"FINISHED"}       # again: nothing twice
     assert len([c for c in bpy.data.collections if c.name.startswith("man")]) == 1
+
+
+def test_stop_ends_the_batch_cleanly_and_says_so(empty_scene, fresh_file_after, tmp_path):
+    from core.batch import read_progress
+
+    batch = blender_addon.operators.batch
+    shutil.copy(feat_data() / "single_face.mp4", tmp_path / "clip.mp4")
+    bpy.context.scene.faceforge.model_source = "BUILTIN"
+    settings = bpy.context.scene.faceforge_batch
+    bpy.ops.faceforge.batch_add(directory=str(tmp_path), files=[{"name": "clip.mp4"}])
+    assert [i.kind for i in settings.items] == ["track"]
+    out = tmp_path / "out"
+    settings.out_dir = str(out)
+    settings.write_fbx = settings.write_blend = False
+    assert bpy.ops.faceforge.batch_run() == {"FINISHED"}
+    deadline = time.monotonic() + 120
+    while read_progress(out).get("running", 0) < 1:
+        assert time.monotonic() < deadline and batch.poll_batch() is not None
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert bpy.ops.faceforge.batch_stop() == {"FINISHED"}
+    while batch.poll_batch() is not None:
+        assert time.monotonic() < deadline + 60
+        time.sleep(0.3)
+    run = batch.current_run()
+    assert run.returncode == 130, (out / "batch.log").read_text()[-3000:]
+    assert run.message.startswith("Stopped: 0 done") and run.counts == {"cancelled": 1}
+    assert not (out / "clip").exists() and not bpy.ops.faceforge.batch_stop.poll()
+    assert bpy.ops.faceforge.batch_run.poll()                  # free to run (continue) again
