@@ -406,3 +406,22 @@ def test_the_cli_reports_a_bad_manifest_without_starting_ray(tmp_path):
                            "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "No Ray cluster answers at '127.0.0.1:1'" in proc.stderr
     assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.slow
+def test_default_head_on_a_local_ray_instance(media, tmp_path):
+    """The embedded defaults (the ICT-FaceKit full head, all three rig files) on the local Ray instance the
+    batch starts and stops itself."""
+    jobs = [JobSpec(name="astronaut", kind="photo", inputs=(str(media / "astronaut.png"),)),
+            JobSpec(name="clip", kind="track", inputs=(str(media / "clip.mp4"),), options={"end": 3})]
+    out = tmp_path / "r"
+    summary = run_batch(jobs, out, BatchOptions(num_cpus=2, timeout_s=600), cli_command=COMMAND)
+    assert summary.done == 2, [(r["name"], r["error"], r["log_tail"][-1500:]) for r in summary.rows]
+    assert not ray.is_initialized()
+    rows, _ = ledger_rows(out)
+    for name in ("astronaut", "clip"):
+        for ext in ("fbx", "glb", "blend"):
+            assert (out / name / f"head.{ext}").stat().st_size > 100_000
+        figures = json.loads(rows[name]["figures"])
+        assert figures["shape_keys"] >= 57 and figures["vertices"] > 26719      # GLB splits UV seams
+    assert json.loads(rows["clip"]["figures"])["frames"] == 3
