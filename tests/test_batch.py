@@ -390,6 +390,18 @@ def test_manifests_folders_and_their_errors(media, tmp_path, monkeypatch):
     assert [j.name for j in load_jobs(twice)] == ["report_files-2"]
 
 
+def test_one_batch_at_a_time_per_output_folder(media, tmp_path):
+    from core.batch.runner import _FolderLock
+
+    out = tmp_path / "r"
+    out.mkdir()
+    job = JobSpec(name="x", kind="photo", inputs=(str(media / "man.jpg"),))
+    with _FolderLock(out):                     # as a running batch holds it
+        with pytest.raises(InputError, match="Another batch is running"):
+            run_batch([job], out, BatchOptions(), cli_command=COMMAND)
+    assert not (out / "batch.sqlite").exists()
+
+
 def test_the_cli_reports_a_bad_manifest_without_starting_ray(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[job]]\nkind = "photo"\ninput = "missing.jpg"\n')

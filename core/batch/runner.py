@@ -178,9 +178,9 @@ def run_batch(jobs: list, out_dir, options: BatchOptions = None, cli_command: li
 
     ``cli_command``: the start of the command line that runs one job, ``'@PYTHON@'`` standing for the
     worker's own Python: ``['@PYTHON@', '/path/to/blender_addon/cli.py']`` (the bpy module), or
-    ``['/path/to/blender', '-b', '--factory-startup', '--python', '/path/to/cli.py', '--']``. ``on_update`` gets a dict of counts
-    (total, skipped, skipped_failed, done, failed, crashed, timeout, cancelled, running, pending) whenever one
-    changes.
+    ``['/path/to/blender', '-b', '--factory-startup', '--python', '/path/to/cli.py', '--']``.
+    ``on_update`` gets a dict of counts (total, skipped, skipped_failed, done, failed, crashed, timeout,
+    cancelled, running, pending) whenever one changes.
     ``python_path``: folders a local Ray's workers need on their path (the driver's own package root)."""
     options = options or BatchOptions()
     if not cli_command:
@@ -193,6 +193,39 @@ def run_batch(jobs: list, out_dir, options: BatchOptions = None, cli_command: li
     t0 = time.monotonic()
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    with _FolderLock(out):
+        return _run_batch(jobs, names, out, t0, options, cli_command, progress, on_update, python_path)
+
+
+class _FolderLock:
+    """One batch at a time per output folder (a second would clear the first one's working folders)."""
+
+    def __init__(self, out: Path):
+        self.path = out / ".batch.lock"
+        self.handle = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:          # Windows: no advisory locks here; one batch per folder is on the user
+            return self
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.close()
+            raise InputError(f"Another batch is running into {self.path.parent}: wait for it, stop it, or choose "
+                             "another output folder.") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.close()          # releases the lock
+        return False
+
+
+def _run_batch(jobs, names, out: Path, t0: float, options, cli_command, progress, on_update,
+               python_path) -> BatchSummary:
     staging = out / STAGING
     shutil.rmtree(staging, ignore_errors=True)          # what an interrupted run or a killed job left
     ledger = Ledger(out / LEDGER_NAME)
