@@ -8,9 +8,11 @@ Steps (each on a bpy.app.timers tick, so the window keeps drawing in between):
     turned 55 degrees, lit) with core's renderer;
  2. build the head as a wrong fit of that photo would leave it (turned 25 degrees, 3 cm off), with the
     photo behind its camera; look through the camera; screenshot;
- 3. start Pin Mode (INVOKE, the modal operator) and, with simulated mouse events, press on five features
-    of the mesh (nose tip, chin, mouth corner, eye corner, forehead) and drag each, in small steps, to
-    where the photo shows it; screenshot with the pins drawn; Esc ends the mode;
+ 3. lock identity and expression (the pose is what is wrong), start Pin Mode from the sidebar (INVOKE,
+    the modal operator) and, with simulated mouse events, press on five features of the mesh (nose tip,
+    chin, mouth corner, eye corner, forehead; a little inside the outline where one lies on it) and drag
+    each, in small steps, to where the photo shows that point; Ctrl+Z / Ctrl+Shift+Z; screenshot with
+    the pins drawn; Esc ends the mode;
  4. measure the head against the truth; write result.json and quit.
 """
 
@@ -151,11 +153,26 @@ def run_steps():
 
     RESULT["error_before_mm"] = centred_mm()
 
-    # 3. Pin Mode, driven by mouse events
-    with bpy.context.temp_override(window=win, screen=win.screen, area=area, region=region):
+    # 3. Pin Mode, started from the sidebar as its button does, driven by mouse events. The pose is what
+    # is wrong: identity and expression are locked first (the panel's toggles), as an artist would
+    head["faceforge_lock_identity"] = True
+    head["faceforge_lock_expression"] = True
+    space.show_region_ui = True
+    yield 0.3
+    sidebar = next(r for r in area.regions if r.type == "UI")
+    with bpy.context.temp_override(window=win, screen=win.screen, area=area, region=sidebar):
         RESULT["invoke"] = sorted(bpy.ops.faceforge.pin_mode("INVOKE_DEFAULT"))
+    space.show_region_ui = False                 # the whole photo in view again (the mode keeps running)
     yield 0.5
     solves = []
+
+    def settle():
+        """Wait until the modal has worked through every queued mouse event (a loaded machine lags)."""
+        for _ in range(40):
+            n = len(solves)
+            yield 0.3
+            if len(solves) == n:
+                return
     real_move = pin_ops.move_pin
 
     def timed_move(*a, **k):
@@ -165,6 +182,15 @@ def run_steps():
         return out
 
     pin_ops.move_pin = timed_move                # the modal calls the module's move_pin on every mouse move
+    presses = []
+    real_add = pin_ops.add_pin
+
+    def logged_add(head_, view, u, v):
+        i = real_add(head_, view, u, v)
+        presses.append([round(u, 1), round(v, 1), i])
+        return i
+
+    pin_ops.add_pin = logged_add
     emb = model.landmarks
     rv3d = space.region_3d
     f, cx, cy, _, _ = pin_ops.camera_intrinsics(cam)
@@ -177,6 +203,22 @@ def run_steps():
     for p, target in targets:
         st = pin_ops._states(head)[1]
         start = solver.pin_pixels(st, [p])[0]                 # where the mesh shows the feature now
+        # a feature on the outline (the chin in profile): press a little inside it, as a user would
+        X = solver.vertices(st)
+        centre = np.array([f * X[:, 0].mean() / X[:, 2].mean() + cx, f * X[:, 1].mean() / X[:, 2].mean() + cy])
+        inward = (centre - start) / max(np.linalg.norm(centre - start), 1e-9)
+        ring = np.array([[0, 0], [1.5, 0], [-1.5, 0], [0, 1.5], [0, -1.5]])     # mouse pixels are whole
+
+        def solid(pt):
+            return all(solver.pick(st, 0, *(pt + o)) is not None for o in ring)
+
+        for step in range(15):
+            if solid(start + step * inward):
+                break
+        start = start + step * inward
+        hit = solver.pick(st, 0, *start)
+        if hit is not None:                                   # where the photo shows that very point
+            target = solver.pin_pixels(truth, [Pin(hit.face, hit.bary, (0.0, 0.0), 0)])[0]
         a = pin_ops.pixel_to_region(region, rv3d, cam, f, cx, cy, *start)
         b = pin_ops.pixel_to_region(region, rv3d, cam, f, cx, cy, *target)
         if a is None or b is None:
@@ -192,10 +234,11 @@ def run_steps():
             win.event_simulate(type="MOUSEMOVE", value="NOTHING", x=int(round(x)), y=int(round(y)))
             yield 0.05
         win.event_simulate(type="LEFTMOUSE", value="RELEASE", x=int(round(x)), y=int(round(y)))
-        yield 0.3
+        yield from settle()
         drags.append({"from_px": start.tolist(), "to_px": target.tolist(),
                       "added": len(pin_ops.load_pins(head)) - n_before})
     RESULT["drags"] = drags
+    RESULT["presses"] = presses                  # photo pixel of each press that added (or missed) a pin
     RESULT["pins"] = len(pin_ops.load_pins(head))
     RESULT["solves"] = len(solves)
     RESULT["solve_ms_median"] = round(1000 * float(np.median(solves)), 1) if solves else None

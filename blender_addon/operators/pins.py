@@ -333,12 +333,18 @@ def remove_pin(head, index: int, view: int = None) -> None:
     resolve(head, gone.view if view is None else view)
 
 
-def resolve(head, view: int = 0) -> float:
-    """Re-solve the head around its pins (from the current solution) and show it."""
+def resolve(head, view: int = 0, polish: bool = False) -> float:
+    """Re-solve the head around its pins (from the current solution) and show it. A drag step stops
+    early (it starts next to its answer and the next step goes on); ``polish`` (when a pin is let go)
+    solves to convergence, so the result does not depend on how the pins were dragged."""
+    import dataclasses
     model, solver = solver_for(head)
     ref, cur = _states(head)
+    cfg = pin_config(head)
+    if polish:
+        cfg = dataclasses.replace(cfg, iters=60, tol=1e-7)
     t0 = time.perf_counter()
-    new = solver.solve(ref, load_pins(head), pin_config(head), start=cur)
+    new = solver.solve(ref, load_pins(head), cfg, start=cur)
     dt = time.perf_counter() - t0
     _store_and_show(head, new, view)
     return dt
@@ -591,6 +597,14 @@ class FACEFORGE_OT_pin_mode(bpy.types.Operator):
         if context.area is None or context.area.type != "VIEW_3D":
             self.report({"WARNING"}, "Pin Mode works in a 3D view")
             return {"CANCELLED"}
+        if context.region is None or context.region.type != "WINDOW":
+            # clicked in the sidebar: the mode belongs to the view itself (its mouse coordinates, its camera)
+            from .view import view_region
+            region = view_region(context.area)
+            if region is None:
+                return {"CANCELLED"}
+            with context.temp_override(region=region):
+                return bpy.ops.faceforge.pin_mode("INVOKE_DEFAULT")
         head = find_head(context)
         try:
             if is_tracked(head):
@@ -602,7 +616,10 @@ class FACEFORGE_OT_pin_mode(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         if context.scene.camera not in cameras_of(head):
-            context.scene.camera = cameras_of(head)[0]
+            cam = context.scene.camera = cameras_of(head)[0]
+            res = cam.get(CAMERA_RESOLUTION_PROP)
+            if res:                               # the frame Blender draws has the photo's shape
+                context.scene.render.resolution_x, context.scene.render.resolution_y = int(res[0]), int(res[1])
         context.region_data.view_perspective = "CAMERA"
         self.head_name = head.name
         self._drag = None
@@ -676,6 +693,8 @@ class FACEFORGE_OT_pin_mode(bpy.types.Operator):
             self._drag = None
             if tracked:
                 refine_tracked_head(context, head)
+            else:
+                resolve(head, view, polish=True)
             bpy.ops.ed.undo_push(message="Pin")           # one undo step per pin edit
             context.area.tag_redraw()
             return {"RUNNING_MODAL"}
