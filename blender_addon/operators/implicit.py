@@ -21,10 +21,9 @@ import numpy as np
 
 from .. import paths
 from ..engine import core
-from ..engine_process import EngineCall
 from ..runner import JobOperator, _fail_poll
 from ..scene.lookup import find_head
-from .reconstruct import BrowseFirst, EngineOptions
+from .reconstruct import BrowseFirst, EngineOptions, engine_job
 from .track import VIDEO_GLOB, build_tracked_head
 
 CHECKPOINT_SUFFIX = ".ffimplicit.pt"
@@ -73,15 +72,9 @@ class FACEFORGE_OT_implicit_head_from_video(BrowseFirst, EngineOptions, JobOpera
         self._video, self._checkpoint = video, checkpoint
 
         # minutes of training: clicked in the UI it runs in a child process (runner.ChildJob)
-        call = EngineCall(core.__name__, "pipeline.implicit:implicit_head_job", video,
-                          paths.media_stem(video) + "_implicit", steps, model=model, track_path=track or None,
-                          device=device, checkpoint=checkpoint, size=size, max_frames=frames, resolution=resolution)
-
-        def work(progress):
-            return call(progress)
-
-        work.engine_call = call
-        return work
+        return engine_job("pipeline.implicit:implicit_head_job", video, paths.media_stem(video) + "_implicit", steps,
+                          model=model, track_path=track or None, device=device, checkpoint=checkpoint, size=size,
+                          max_frames=frames, resolution=resolution)
 
     def finish(self, context, result):
         result = _Result(*result)

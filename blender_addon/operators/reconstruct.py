@@ -37,6 +37,18 @@ def pipeline_job(loader, function: str, *args, **kwargs):
     return work
 
 
+def engine_job(target: str, *args, **kwargs):
+    """The work of a job that is one call of a ``core`` function (``"module:function"``): inline it
+    runs here; clicked in the UI, the runner runs ``work.engine_call`` in a child process."""
+    call = EngineCall(core.__name__, target, *args, **kwargs)
+
+    def work(progress):   # engine only, no bpy
+        return call(progress)
+
+    work.engine_call = call
+    return work
+
+
 def engine_poll(cls, context) -> bool:
     """Shared poll: the engine's Python packages must be importable."""
     message = dependencies.missing_message()

@@ -9,7 +9,6 @@ beside it, with stylized ARKit-named shape keys driven by the same animation.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 
@@ -22,11 +21,7 @@ from ..paths import output_dir, unique_path
 from ..properties import EMBEDDED_MODEL_NAMES
 from ..runner import JobOperator, _fail_poll
 from ..scene.lookup import HEAD_PROP, find_head
-from .reconstruct import engine_poll, head_job_poll
-
-
-def _core(name: str):
-    return importlib.import_module(f"{core.__name__}.{name}")
+from .reconstruct import engine_job, engine_poll, head_job_poll
 
 
 def head_model_spec(head) -> str:
@@ -114,33 +109,15 @@ class FACEFORGE_OT_learn_style(JobOperator, bpy.types.Operator):
             raise errors.InputError(f"{out} exists already; choose another file name (styles are never overwritten).")
         self._out = out
 
-        def work(progress):   # engine only, no bpy
-            models = _core("models")
-            deformer_mod = _core("stylize.deformer")
-            style = _core("stylize.style")
-            clip_mod = _core("stylize.clip_guidance")
-            dev = _core("device").resolve_device(device)
-            progress.update("loading the model", 0.0)
-            model = models.load_model(spec)
-            net = deformer_mod.deformer_for(model, train_missing=True, device=dev, progress=progress.sub(0.0, 0.3))
-            clip, clip_message = None, ""
-            try:
-                clip = clip_mod.load_clip(clip_path, device=dev)
-            except clip_mod.ClipUnavailable as e:
-                clip_message = f"off: {e}"
-            asset = style.learn_style(model, net, neutral, stylized, style.StyleConfig(iterations=iterations),
-                                      clip=clip, clip_message=clip_message, name=style_name,
-                                      progress=progress.sub(0.3, 0.98))
-            asset.save(out)
-            return asset
+        # minutes of optimisation: clicked in the UI it runs in a child process (runner.ChildJob)
+        return engine_job("stylize.style:learn_style_job", spec, neutral, stylized, iterations, clip_path,
+                          style_name, out, device=device)
 
-        return work
-
-    def finish(self, context, asset):
+    def finish(self, context, result):
+        name, r = result
         context.scene.faceforge.style_path = self._out
-        r = asset.report
         clip = "CLIP on" if r.clip.startswith("on") else "CLIP off (no checkpoint in the preferences)"
-        return (f"Style '{asset.name}' learned in {r.seconds:.0f} s ({r.iterations} iterations, {clip}); the sculpt "
+        return (f"Style '{name}' learned in {r.seconds:.0f} s ({r.iterations} iterations, {clip}); the sculpt "
                 f"is reproduced to {r.exemplar_error_mm:.2f} mm (median). Saved to {self._out}")
 
 
@@ -175,20 +152,7 @@ class FACEFORGE_OT_apply_style(JobOperator, bpy.types.Operator):
         device = preferences.device(context)
         self._head = head.name
 
-        def work(progress):
-            style = _core("stylize.style")
-            models = _core("models")
-            progress.update("loading the style", 0.0)
-            asset = style.StyleAsset.load(path)
-            model = models.load_model(spec)
-            asset.check_model(model)
-            asset.network.to(_core("device").resolve_device(device))
-            progress.update("stylizing the head and its shape keys", 0.3)
-            new_neutral, deltas, _ = style.stylize_head(asset, model, neutral, names)
-            progress.update("done", 1.0)
-            return asset.name, new_neutral, deltas, names
-
-        return work
+        return engine_job("stylize.style:apply_style_job", path, spec, neutral, names, device=device)
 
     def finish(self, context, result):
         from ..scene.style import build_stylized_head

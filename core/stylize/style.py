@@ -372,3 +372,47 @@ def style_transfer_correlation(asset: StyleAsset, deformer: SurfaceDeformer, neu
         d_new = (asset.network.vertices(s, e) - deformer.vertices(s, e))[0].numpy().astype(np.float64)
     a, b = d_style[moved].ravel(), d_new[moved].ravel()
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+# ----------------------------------------------------------------------------- whole jobs (one call each)
+def learn_style_job(model_spec, neutral: np.ndarray, stylized: np.ndarray, iterations: int, clip_path: str,
+                    name: str, out: str, device="auto", progress=None) -> tuple:
+    """Learn Style as one call (Blender may run it in a child process): the model's deformer (trained
+    once if missing), CLIP when a checkpoint is given, the style learned and saved to ``out``.
+    Returns (name, StyleReport)."""
+    from ..device import resolve_device
+    from ..jobs import ensure_progress
+    from ..models import load_model
+    from . import clip_guidance
+    from .deformer import deformer_for
+    progress = ensure_progress(progress)
+    dev = resolve_device(device)
+    progress.update("loading the model", 0.0)
+    model = load_model(model_spec)
+    net = deformer_for(model, train_missing=True, device=dev, progress=progress.sub(0.0, 0.3))
+    clip, clip_message = None, ""
+    try:
+        clip = clip_guidance.load_clip(clip_path, device=dev)
+    except clip_guidance.ClipUnavailable as e:
+        clip_message = f"off: {e}"
+    asset = learn_style(model, net, neutral, stylized, StyleConfig(iterations=iterations), clip=clip,
+                        clip_message=clip_message, name=name, progress=progress.sub(0.3, 0.98))
+    asset.save(out)
+    return asset.name, asset.report
+
+
+def apply_style_job(style_path: str, model_spec, neutral: np.ndarray, key_names, device="auto", progress=None) -> tuple:
+    """Apply Style as one call: (style name, stylized neutral (V, 3), stylized key offsets, key names)."""
+    from ..device import resolve_device
+    from ..jobs import ensure_progress
+    from ..models import load_model
+    progress = ensure_progress(progress)
+    progress.update("loading the style", 0.0)
+    asset = StyleAsset.load(style_path)
+    model = load_model(model_spec)
+    asset.check_model(model)
+    asset.network.to(resolve_device(device))
+    progress.update("stylizing the head and its shape keys", 0.3)
+    new_neutral, deltas, _ = stylize_head(asset, model, neutral, key_names)
+    progress.update("done", 1.0)
+    return asset.name, new_neutral, deltas, list(key_names)
