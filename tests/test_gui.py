@@ -155,3 +155,70 @@ def test_headless_blender_cli(blender_env, photo, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "FaceForge: fitting landmarks" in r.stdout and "FaceForge: done 100%" in r.stdout
     assert fbx.is_file() and fbx.stat().st_size > 50_000
+
+
+NUMPY_CHECK = r"""
+import json, os, sys
+import bpy
+out, zip_path, deps, wheels = sys.argv[sys.argv.index("--") + 1:]
+res = {}
+import numpy
+res["blender_numpy"] = numpy.__version__
+bpy.ops.preferences.addon_install(filepath=zip_path, overwrite=True)
+bpy.ops.preferences.addon_enable(module="faceforge")
+res["enabled"] = "faceforge" in bpy.context.preferences.addons
+try:
+    bpy.ops.faceforge.install_dependencies(packages="ffneedsnumpy", target=deps,
+                                           pip_args=f"--no-index --find-links {wheels}")
+    res["installed"] = os.path.isdir(os.path.join(deps, "ffneedsnumpy"))
+except Exception as e:
+    res["install_error"] = str(e)[-500:]
+res["deps_numpy"] = sorted(p for p in os.listdir(deps) if p.startswith("numpy")) if os.path.isdir(deps) else None
+import importlib.util
+res["numpy_seen"] = importlib.util.find_spec("numpy").origin
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.mesh.primitive_cube_add()
+glb = os.path.join(os.path.dirname(out), "cube.glb")
+bpy.ops.export_scene.gltf(filepath=glb, export_format="GLB")
+bpy.ops.wm.read_factory_settings(use_empty=True)
+try:
+    res["gltf_import"] = sorted(bpy.ops.import_scene.gltf(filepath=glb))
+except Exception as e:
+    res["gltf_import"] = f"{type(e).__name__}: {str(e)[-300:]}"
+json.dump(res, open(out, "w"))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_addon_dependencies_leave_blenders_numpy_and_gltf_importer_alone(blender_env, legacy_zip, tmp_path):
+    """Issue 12 item 14: with the add-on enabled and its Install Dependencies run, Blender 3.4's own
+    glTF importer still works. Blender's numpy here is numpy 1.23.5 (what official 3.4 builds bundle;
+    Debian's Blender has none, so it is put on PYTHONPATH as Blender's own); the dependency folder is
+    filled by the real pip through the add-on's operator from local wheels: a dummy package that
+    needs numpy, and a dummy numpy 1.23.5. A newer numpy (1.24+) would break the importer (np.bool)."""
+    import subprocess as sp
+    from test_runner import _dummy_wheel
+    blender_numpy = tmp_path / "blender_numpy"
+    r = sp.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(blender_numpy),
+                "numpy==1.23.5"], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        pytest.skip(f"numpy 1.23.5 (Blender 3.4's) could not be installed from the package index: {r.stderr[-300:]}")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _dummy_wheel(wheels, "numpy", "1.23.5")
+    _dummy_wheel(wheels, "numpy", "1.26.4")
+    _dummy_wheel(wheels, "ffneedsnumpy", "0.1", requires=["numpy>=1"])
+    env, base = blender_env
+    env = dict(env, PYTHONPATH=str(blender_numpy))       # Blender's own numpy, nothing else of ours
+    out, deps, script = tmp_path / "numpy.json", tmp_path / "deps", tmp_path / "check.py"
+    script.write_text(NUMPY_CHECK)
+    r = sp.run(["blender", "-b", "--factory-startup", "--python", str(script), "--", str(out), str(legacy_zip),
+                str(deps), str(wheels)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.is_file(), (r.stdout + r.stderr)[-3000:]
+    res = json.loads(out.read_text())
+    assert res["blender_numpy"] == "1.23.5" and res["enabled"], res
+    assert res.get("installed"), res
+    assert res["deps_numpy"] == [], res                        # pip's numpy copy removed from the folder
+    assert res["numpy_seen"].startswith(str(blender_numpy)), res
+    assert res["gltf_import"] == ["FINISHED"], res
