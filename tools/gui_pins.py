@@ -3,6 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x900x24" blender --factory-startup --enable-event-simulate \\
         --window-geometry 0 0 1600 900 --python tools/gui_pins.py -- --out out/screens
 
+``--free`` leaves identity and expression unlocked (the test locks them: the pose is what is wrong).
+
 Steps (each on a bpy.app.timers tick, so the window keeps drawing in between):
  1. register the add-on from this repository; render a "photo" of a known head (the default full head,
     turned 55 degrees, lit) with core's renderer;
@@ -155,8 +157,8 @@ def run_steps():
 
     # 3. Pin Mode, started from the sidebar as its button does, driven by mouse events. The pose is what
     # is wrong: identity and expression are locked first (the panel's toggles), as an artist would
-    head["faceforge_lock_identity"] = True
-    head["faceforge_lock_expression"] = True
+    head["faceforge_lock_identity"] = "--free" not in ARGS
+    head["faceforge_lock_expression"] = "--free" not in ARGS
     space.show_region_ui = True
     yield 0.3
     sidebar = next(r for r in area.regions if r.type == "UI")
@@ -215,6 +217,9 @@ def run_steps():
         for step in range(15):
             if solid(start + step * inward):
                 break
+        else:
+            RESULT.setdefault("skipped", []).append(int(p.face))       # no safe place to press
+            continue
         start = start + step * inward
         hit = solver.pick(st, 0, *start)
         if hit is not None:                                   # where the photo shows that very point

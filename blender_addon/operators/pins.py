@@ -336,7 +336,7 @@ def remove_pin(head, index: int, view: int = None) -> None:
 def resolve(head, view: int = 0, polish: bool = False) -> float:
     """Re-solve the head around its pins (from the current solution) and show it. A drag step stops
     early (it starts next to its answer and the next step goes on); ``polish`` (when a pin is let go)
-    solves to convergence, so the result does not depend on how the pins were dragged."""
+    solves to convergence, from there and from the automatic result, and keeps the better."""
     import dataclasses
     model, solver = solver_for(head)
     ref, cur = _states(head)
@@ -344,7 +344,15 @@ def resolve(head, view: int = 0, polish: bool = False) -> float:
     if polish:
         cfg = dataclasses.replace(cfg, iters=60, tol=1e-7)
     t0 = time.perf_counter()
-    new = solver.solve(ref, load_pins(head), cfg, start=cur)
+    pins = load_pins(head)
+    new = solver.solve(ref, pins, cfg, start=cur)
+    if polish:
+        # also from the automatic result, pose first: dragging can lead into a minimum where the head is
+        # bent to the pins rather than turned; the lower objective wins
+        cost = solver.last_cost
+        fresh = solver.solve(ref, pins, cfg)
+        if solver.last_cost < cost:
+            new = fresh
     dt = time.perf_counter() - t0
     _store_and_show(head, new, view)
     return dt

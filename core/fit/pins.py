@@ -182,6 +182,7 @@ class PinSolver:
             self._lm_bases = landmark_bases(layer.landmark_layer())
         self._joint_cache = {}
         self.last_iterations = 0        # of the latest solve (benchmarks, tests)
+        self.last_cost = 0.0            # its final objective (comparing solves from different starts)
         # landmark weights as in the photo fit (nose and inner mouth count more)
         self._lm_weights = None
         if self.model.landmarks is not None:
@@ -428,13 +429,14 @@ class PinSolver:
                 if not bool(stage_free.any()) or stage_iters <= 0:
                     continue
                 with torch.no_grad():
-                    state, _, n_it = levenberg_marquardt(lambda s: rows(s, False)[0], state, stage_iters, stage_free,
-                                                         tol=cfg.tol, jacobian=lambda s: rows(s, True)[1], step=step,
-                                                         held=at_the_wall, project=clip)
+                    state, cost, n_it = levenberg_marquardt(lambda s: rows(s, False)[0], state, stage_iters,
+                                                            stage_free, tol=cfg.tol, jacobian=lambda s: rows(s, True)[1],
+                                                            step=step, held=at_the_wall, project=clip)
                 it += n_it
         finally:
             torch.set_num_threads(threads)
         self.last_iterations = it
+        self.last_cost = float(cost) if it else 0.0
         if lo_hi is not None:
             # a pin pulled past what the expressions can do leaves them a little over the wall: onto it
             state = state[:3] + ([e.clamp(lo_hi[0], lo_hi[1]) for e in state[3]],)
