@@ -179,7 +179,8 @@ def _load_core(core_dir: str, name: str):
 def child_main(core_dir: str, core_name: str, fd: int) -> int:
     if hasattr(os, "nice"):
         try:
-            os.nice(15)           # background work: Blender's UI keeps the CPU when both want it
+            os.nice(5)            # background work: Blender's UI keeps the CPU when both want it (a mild
+                                  # step: at 15 a busy machine starved the engine twenty times over)
         except OSError:
             pass
     try:
