@@ -1,7 +1,9 @@
 """Pins on a Blender head (issue 13), through the plain functions the modal operator calls (mouse
 events cannot be sent in background mode): a pin added at a photo pixel lands on the mesh point seen
 there, dragging it re-solves the head so that Blender's own camera shows that point at the target,
-locks hold, Reset restores the automatic head, and pins survive saving and reopening the file."""
+locks hold, finishing bakes the identity (a glTF export carries the corrected head and only the
+expression keys), Reset restores the automatic head, pins survive saving and reopening the file; a
+multi-photo head shares the identity across its cameras; a tracked head is corrected by keyframe pins."""
 
 from __future__ import annotations
 
@@ -128,6 +130,20 @@ def test_drag_pins_and_blender_shows_the_point_at_the_target(empty_scene, ict, t
     head.data.shape_keys.key_blocks[0].data.foreach_get("co", basis)
     want = head_builder.to_blender(ict.v_template + ict.shape_basis @ cur.shape)
     assert np.abs(basis.reshape(-1, 3) - want).max() < 1e-4
+    # ... and an export carries the corrected head with the expression keys only
+    import struct
+    glb = tmp_path / "pinned.glb"
+    assert bpy.ops.faceforge.export_gltf(filepath=str(glb)) == {"FINISHED"}
+    data = glb.read_bytes()
+    gltf = json.loads(data[20:20 + struct.unpack("<I", data[12:16])[0]])
+    names = gltf["meshes"][0]["extras"]["targetNames"]
+    assert pin_ops.IDENTITY_KEY not in names and len(names) == len(head.data.shape_keys.key_blocks) - 1
+    lo = np.min([gltf["accessors"][p["attributes"]["POSITION"]]["min"] for p in gltf["meshes"][0]["primitives"]], 0)
+    hi = np.max([gltf["accessors"][p["attributes"]["POSITION"]]["max"] for p in gltf["meshes"][0]["primitives"]], 0)
+    neutral = ict.v_template + ict.shape_basis @ cur.shape            # glTF is y-up like model space
+    assert np.allclose(lo, neutral.min(0), atol=1e-4) and np.allclose(hi, neutral.max(0), atol=1e-4)
+    old = ict.v_template + ict.shape_basis @ ref.shape
+    assert not np.allclose(hi, old.max(0), atol=1e-4)
 
     # locks: with the pose locked the camera does not move
     head["faceforge_lock_pose"] = True
