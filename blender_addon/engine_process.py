@@ -29,6 +29,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -68,7 +69,7 @@ class _Reader:
         self.fd, self.buffer, self.eof = fd, bytearray(), False
         os.set_blocking(fd, False)
 
-    def messages(self) -> list:
+    def _read_available(self) -> None:
         while not self.eof:
             try:
                 chunk = os.read(self.fd, 1 << 20)
@@ -78,6 +79,20 @@ class _Reader:
                 self.eof = True
                 break
             self.buffer += chunk
+
+    def messages(self, finish_within: float = 30.0) -> list:
+        """Whole messages read so far. A message that has begun arriving is read to its end here
+        (the child is writing it in one go): through a 64 KB pipe, one chunk per timer tick would
+        take half a minute for a full head's result."""
+        import select
+        self._read_available()
+        end = time.monotonic() + finish_within
+        while not self.eof and len(self.buffer) >= _HEADER.size:
+            (n,) = _HEADER.unpack_from(self.buffer)
+            if len(self.buffer) >= _HEADER.size + n or time.monotonic() > end:
+                break
+            select.select([self.fd], [], [], 0.5)
+            self._read_available()
         out = []
         while len(self.buffer) >= _HEADER.size:
             (n,) = _HEADER.unpack_from(self.buffer)
@@ -176,7 +191,18 @@ def _load_core(core_dir: str, name: str):
     return module
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when Blender goes (closed, crashed), so no orphan trains on."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)     # PR_SET_PDEATHSIG, SIGKILL
+        except (OSError, AttributeError):
+            pass
+
+
 def child_main(core_dir: str, core_name: str, fd: int) -> int:
+    _die_with_parent()
     if hasattr(os, "nice"):
         try:
             os.nice(5)            # background work: Blender's UI keeps the CPU when both want it (a mild
