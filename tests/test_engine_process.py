@@ -87,3 +87,23 @@ def test_heavy_operators_hand_the_runner_an_engine_call(tmp_path, monkeypatch):
     call = pickle.loads(pickle.dumps(work.engine_call))
     assert call.target == "pipeline:track_video_to_rig" and call.args == ("clip.mp4",)
     assert call.function() is core.pipeline.track_video_to_rig
+
+
+def test_a_large_result_is_read_in_one_poll():
+    """A full head's result is tens of MB; the pipe holds 64 KB. One ``done`` poll must read a message
+    that has begun arriving to its end, not a chunk per 0.1 s timer tick (half a minute for 20 MB)."""
+    import os
+    import threading
+    from blender_addon.engine_process import _Reader, _send
+    read, write = os.pipe()
+    payload = ("result", np.arange(2_500_000, dtype=np.float64))          # 20 MB
+    writer = threading.Thread(target=lambda: (_send(write, payload), os.close(write)))
+    writer.start()
+    reader = _Reader(read)
+    time.sleep(0.05)                                                      # the child has begun writing
+    t = time.monotonic()
+    messages = reader.messages()
+    assert len(messages) == 1 and np.array_equal(messages[0][1], payload[1])
+    assert time.monotonic() - t < 5.0
+    writer.join()
+    os.close(read)
