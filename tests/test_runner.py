@@ -16,6 +16,7 @@ import types
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
@@ -88,7 +89,35 @@ def add_object(context, name):
 
 
 # ----------------------------------------------------------------------------- success
-def test_job_runs_off_the_main_thread_and_builds_once(scene):
+def test_shown_progress_changes_at_most_every_refresh_interval(scene, monkeypatch):
+    """Each change of the shown progress costs Blender a redraw of the sidebar and status bar (~0.1 s
+    in software GL on 2 cores): it changes at most every UI_REFRESH_S, so the UI's timers keep time."""
+    monkeypatch.setattr(runner, "UI_REFRESH_S", 0.5)
+
+    def work(progress):
+        for i in range(100):
+            progress.update("counting", i / 99)
+            time.sleep(0.012)
+        return "cube"
+
+    op = Op(work, build=lambda ctx, name: add_object(ctx, name))
+    op.start(scene)
+    st = runner.status(scene)
+    shown = []
+
+    def look(_):
+        if st.running and (not shown or shown[-1][1] != st.text):
+            shown.append((time.monotonic(), st.text))
+
+    result, ticks = op.run_modal(scene, on_tick=look)
+    assert result == {"FINISHED"} and ticks > 20
+    gaps = np.diff([t for t, _ in shown])
+    assert len(shown) >= 2 and (gaps > 0.45).all(), shown      # ~1.2 s of work: 2-3 changes, not 20+
+
+
+
+def test_job_runs_off_the_main_thread_and_builds_once(scene, monkeypatch):
+    monkeypatch.setattr(runner, "UI_REFRESH_S", 0.0)     # show every change (the GUI shows one per 2 s)
     worker_threads, seen = [], []
 
     def work(progress):
