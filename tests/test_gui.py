@@ -79,6 +79,25 @@ def legacy_zip(tmp_path_factory):
     return next(out.glob("faceforge-*-legacy.zip"))
 
 
+def run_gui_driver(blender_env, driver: str, out: Path, result_name: str, *args) -> dict:
+    """Run ``tools/<driver>`` in Debian's Blender with a window under Xvfb; keep its screenshots in
+    out/screens (pass or fail) and return what it saw (``out/<result_name>``), checked error-free."""
+    env, base = blender_env
+    cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x900x24",
+           "blender", "--factory-startup", "--enable-event-simulate", "--window-geometry", "0", "0", "1600", "900",
+           "--python", str(ROOT / "tools" / driver), "--", *[str(a) for a in args], "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=420, cwd=str(base))
+    log = (r.stdout + r.stderr)[-4000:]
+    result_file = out / result_name
+    assert result_file.is_file(), f"exit {r.returncode}\n{log}"
+    res = json.loads(result_file.read_text())
+    SCREENS.mkdir(parents=True, exist_ok=True)           # keep the artefacts, pass or fail
+    for f in out.iterdir():
+        shutil.copy2(f, SCREENS / f.name)
+    assert r.returncode == 0 and not res["errors"], f"{res['errors']}\n{log}"
+    return res
+
+
 def _image_stats(path: Path):
     import imageio.v3 as iio
     import numpy as np
@@ -87,21 +106,9 @@ def _image_stats(path: Path):
 
 
 def test_gui_install_reconstruct_cancel_screenshot(blender_env, legacy_zip, photo):
-    env, base = blender_env
+    _, base = blender_env
     out = base / "screens"
-    cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x900x24",
-           "blender", "--factory-startup", "--enable-event-simulate", "--window-geometry", "0", "0", "1600", "900",
-           "--python", str(ROOT / "tools" / "gui_screenshot.py"), "--",
-           "--zip", str(legacy_zip), "--photo", str(photo), "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=420, cwd=str(base))
-    log = (r.stdout + r.stderr)[-4000:]
-    result_file = out / "result.json"
-    assert result_file.is_file(), f"exit {r.returncode}\n{log}"
-    res = json.loads(result_file.read_text())
-    SCREENS.mkdir(parents=True, exist_ok=True)           # keep the artefacts, pass or fail
-    for f in out.iterdir():
-        shutil.copy2(f, SCREENS / f.name)
-    assert r.returncode == 0 and not res["errors"], f"{res['errors']}\n{log}"
+    res = run_gui_driver(blender_env, "gui_screenshot.py", out, "result.json", "--zip", legacy_zip, "--photo", photo)
 
     assert res["blender"].startswith("3.4")
     assert res["installed"] and res["registered"]

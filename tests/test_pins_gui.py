@@ -7,14 +7,11 @@ Driver: tools/gui_pins.py."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.test_gui import _image_stats, blender_env  # noqa: F401  (fixture)
+from tests.test_gui import _image_stats, blender_env, run_gui_driver  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENS = ROOT / "out" / "screens"
@@ -23,20 +20,9 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 
 def test_wrong_fit_corrected_by_dragging_pins_in_the_gui(blender_env):  # noqa: F811
-    env, base = blender_env
+    _, base = blender_env
     out = base / "pins_screens"
-    cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x900x24",
-           "blender", "--factory-startup", "--enable-event-simulate", "--window-geometry", "0", "0", "1600", "900",
-           "--python", str(ROOT / "tools" / "gui_pins.py"), "--", "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=420, cwd=str(base))
-    log = (r.stdout + r.stderr)[-4000:]
-    result_file = out / "pins_result.json"
-    assert result_file.is_file(), f"exit {r.returncode}\n{log}"
-    res = json.loads(result_file.read_text())
-    SCREENS.mkdir(parents=True, exist_ok=True)           # keep the artefacts, pass or fail
-    for f in out.iterdir():
-        shutil.copy2(f, SCREENS / f.name)
-    assert r.returncode == 0 and not res["errors"], f"{res['errors']}\n{log}"
+    res = run_gui_driver(blender_env, "gui_pins.py", out, "pins_result.json")
     assert res["invoke"] == ["RUNNING_MODAL"]
     # five presses on the mesh made five pins, and every mouse move re-solved the head
     assert res["pins"] == 5 and all(d["added"] == 1 for d in res["drags"])

@@ -22,9 +22,11 @@ import json
 import os
 import sys
 import time
-import traceback
 
 import bpy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # tools/: the drivers' shared part
+from gui_support import drive  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -284,25 +286,4 @@ def run_steps():
     finish(0)
 
 
-_steps = None
-
-
-def _tick():
-    global _steps
-    try:
-        if _steps is None:
-            _steps = run_steps()
-        wait = next(_steps)
-        if time.monotonic() - T0 > 300:
-            RESULT["errors"].append("timed out")
-            finish(1)
-        return wait
-    except StopIteration:
-        return None
-    except Exception:  # noqa: BLE001
-        RESULT["errors"].append(traceback.format_exc())
-        print(traceback.format_exc(), flush=True)
-        finish(1)
-
-
-bpy.app.timers.register(_tick, first_interval=2.0)
+drive(run_steps, RESULT, finish, timeout_s=300)

@@ -23,11 +23,13 @@ import math
 import os
 import sys
 import time
-import traceback
 
 import faulthandler
 
 import bpy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # tools/: the drivers' shared part
+from gui_support import drive  # noqa: E402
 from mathutils import Euler, Vector
 
 faulthandler.enable(all_threads=True)   # a crash prints every thread's Python stack into the log
@@ -304,25 +306,4 @@ def show_faceforge_tab(area):
         panel.remove(mark)
 
 
-_steps = None
-
-
-def _tick():
-    global _steps
-    try:
-        if _steps is None:
-            _steps = run_steps()
-        wait = next(_steps)
-        if time.monotonic() - T0 > TIMEOUT_S + 120:
-            RESULT["errors"].append("timed out")
-            finish(1)
-        return wait
-    except StopIteration:
-        return None
-    except Exception:  # noqa: BLE001
-        RESULT["errors"].append(traceback.format_exc())
-        print(traceback.format_exc(), flush=True)
-        finish(1)
-
-
-bpy.app.timers.register(_tick, first_interval=2.0)
+drive(run_steps, RESULT, finish, timeout_s=TIMEOUT_S + 120)
