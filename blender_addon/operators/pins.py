@@ -31,7 +31,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Vector
 
-from ..runner import _fail_poll
+from ..runner import JobOperator, _fail_poll
 from ..scene.lookup import CAMERA_RESOLUTION_PROP, cameras_of, find_head
 
 PINS_PROP = "faceforge_pins"
@@ -457,22 +457,44 @@ def remove_track_pin(head, index: int) -> None:
 def refine_tracked_head(context, head, progress=None) -> str:
     """Re-solve the keyframes with pins and blend the corrections into their neighbours (from the
     original track: the result is a function of the automatic track and the pins), save the refined
-    track with its pins beside the original, and key the head's animation from it. The camera stays:
-    the head's motion is keyed relative to the original track's reference frame, as when imported."""
-    import dataclasses
-    import os
+    track with its pins beside the original, and key the head's animation from it."""
+    solve = track_refinement(head)
+    return key_refined_track(context, head, solve(progress))
 
-    from ..scene.head_builder import MODEL_TO_BLENDER
-    from ..scene.animation import animate_head
-    from ..scene.lookup import rig_of
+
+def track_refinement(head):
+    """Main thread: what refining ``head``'s track needs, read from the head; returns
+    ``solve(progress) -> refined Track`` (engine only, no bpy: the Refine Track job runs it in the
+    background, with progress and cancel)."""
     model, solver = solver_for(head)
     original = _load_track(head["faceforge_track_file"])
     pins = load_track_pins(head)
     cfg = _core("fit.pins").PinConfig(use_landmarks=original.landmarks is not None, lock_identity=True,
                                       lock_expression=bool(head.get("faceforge_lock_expression", False)),
                                       lock_pose=bool(head.get("faceforge_lock_pose", False)))
-    refined = _core("track.keyframes").refine_track_with_pins(original, model, pins, cfg, progress=progress,
-                                                              solver=solver)
+    keyframes = _core("track.keyframes")
+
+    def solve(progress=None):
+        return keyframes.refine_track_with_pins(original, model, pins, cfg, progress=progress, solver=solver)
+
+    solve.model, solve.original = model, original
+    return solve
+
+
+def key_refined_track(context, head, refined, model=None, original=None) -> str:
+    """Main thread: save the refined track beside the original (with its pins) and key the head's
+    animation from it. The camera stays: the head's motion is keyed relative to the original track's
+    reference frame, as when imported."""
+    import dataclasses
+    import os
+
+    from ..scene.head_builder import MODEL_TO_BLENDER
+    from ..scene.animation import animate_head
+    from ..scene.lookup import rig_of
+    if model is None:
+        model, _ = solver_for(head)
+    if original is None:
+        original = _load_track(head["faceforge_track_file"])
     base = head["faceforge_track_file"]
     stem = base[:-len(".fftrack.npz")] if base.endswith(".fftrack.npz") else os.path.splitext(base)[0]
     out = stem + ".refined.fftrack.npz"
@@ -742,44 +764,34 @@ class FACEFORGE_OT_reset_pins(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class FACEFORGE_OT_refine_track(bpy.types.Operator):
+class FACEFORGE_OT_refine_track(JobOperator, bpy.types.Operator):
     bl_idname = "faceforge.refine_track"
     bl_label = "Refine Track"
     bl_description = ("Re-solve the frames with pins (keyframes) and blend the corrections into their "
-                      "neighbours; the refined track is saved beside the original, with the pins")
-    bl_options = {"REGISTER", "UNDO"}
+                      "neighbours; the refined track is saved beside the original, with the pins. Runs in the "
+                      "background: Esc or Cancel stops it and changes nothing")
+    bl_options = {"UNDO"}
 
     @classmethod
-    def poll(cls, context):
+    def job_poll(cls, context):
         head = find_head(context) if context.scene is not None else None
         if head is None or not is_tracked(head):
             return _fail_poll(cls, "Needs a tracked head with a saved track file")
         return True
 
-    def execute(self, context):
+    def prepare(self, context):
         head = find_head(context)
-        wm = context.window_manager
-        wm.progress_begin(0, 100)
+        self._head = head.name
+        self._solve = track_refinement(head)
+        return self._solve
 
-        class Progress:                            # Blender's cursor progress (the solve takes a second or so)
-            cancelled = False
-
-            def update(self, stage, fraction):
-                wm.progress_update(int(100 * fraction))
-
-            def check(self):
-                pass
-
-            def sub(self, a, b):
-                return self
-
-        try:
-            out = refine_tracked_head(context, head, Progress())
-        finally:
-            wm.progress_end()
+    def finish(self, context, refined):
+        head = bpy.data.objects.get(self._head)
+        if head is None:
+            raise _core("errors").InputError(f"The head '{self._head}' was removed while its track was refined.")
+        out = key_refined_track(context, head, refined, self._solve.model, self._solve.original)
         n = len(load_track_pins(head))
-        self.report({"INFO"}, f"Refined the track with {n} pin{'s' if n != 1 else ''}; saved {out}")
-        return {"FINISHED"}
+        return f"Refined the track with {n} pin{'s' if n != 1 else ''}; saved {out}"
 
 
 def draw_pin_panel(layout, context, head) -> None:
