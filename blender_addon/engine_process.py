@@ -10,10 +10,11 @@ messages on the main thread without blocking.
 
 This module is bpy-free and runs in both processes:
 - in Blender: ``EngineCall`` (a picklable description of the job: a ``core`` function and its
-  keyword arguments) and ``ChildProcess`` (starts the child, feeds it the call, polls its messages);
+  arguments) and ``EngineProcess`` (starts the child, feeds it calls, polls its messages); the idle
+  engine is kept for the next job (``engine_for``), so only the first job pays the imports;
 - in the child (``python engine_process.py CORE_DIR CORE_NAME FD``): loads ``core`` under the same
-  module name as in Blender (so results unpickle as the same classes), runs the call with a
-  ``Progress`` whose reports go back as messages, and sends the result or the error.
+  module name as in Blender (so results unpickle as the same classes), then runs each call it is
+  sent with a ``Progress`` whose reports go back as messages, and sends the result or the error.
 
 Messages are length-prefixed pickles on a private pipe between two processes of ours (never a
 file a user supplies): ("progress", stage, fraction), ("result", value), ("error", exception or
@@ -118,10 +119,13 @@ def python_executable() -> str:
     raise RuntimeError("No Python interpreter found to run the FaceForge engine in")
 
 
-class ChildProcess:
-    """One engine call in a child process; ``poll()`` (main thread) returns its new messages."""
+class EngineProcess:
+    """A child Python process that runs engine calls one after another; ``poll()`` (main thread)
+    returns its new messages. It stays after a call, so the next job skips the imports (torch,
+    mediapipe, the model: seconds); it leaves after IDLE_EXIT_S without work, with Blender, or when
+    killed (a cancelled job)."""
 
-    def __init__(self, call: EngineCall, core_dir: str, threads: Optional[int] = None):
+    def __init__(self, core_dir: str, core_name: str, threads: Optional[int] = None):
         read, write = os.pipe()
         env = dict(os.environ)
         # the child sees the packages Blender sees (its site-packages, the add-on's dependency folder)
@@ -129,25 +133,37 @@ class ChildProcess:
         env["PYTHONNOUSERSITE"] = "1"
         if threads:
             env.setdefault("FACEFORGE_TORCH_THREADS", str(threads))
+        self.core_dir, self.core_name = core_dir, core_name
         try:
             self.process = subprocess.Popen(
-                [python_executable(), "-s", __file__, core_dir, call.core_name, str(write)],
+                [python_executable(), "-s", __file__, core_dir, core_name, str(write)],
                 stdin=subprocess.PIPE, pass_fds=(write,), env=env, close_fds=True)
         finally:
             os.close(write)
         self._reader = _Reader(read)
         self._read_fd = read
+        self.busy = False
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None and not self._reader.eof
+
+    def submit(self, call: EngineCall) -> None:
+        """Send one call (plain data only: the child cannot import this add-on's modules, which
+        import bpy); its messages follow, ending with ("result", ...) or ("error", ...)."""
+        data = pickle.dumps((call.target, call.args, call.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        self.busy = True
         try:
-            # plain data only: the child cannot import this add-on module (it imports bpy's package)
-            self.process.stdin.write(pickle.dumps((call.target, call.args, call.kwargs),
-                                                  protocol=pickle.HIGHEST_PROTOCOL))
-            self.process.stdin.close()
-        except BrokenPipeError:
-            pass                                  # the child died at once: poll() reports it
+            self.process.stdin.write(_HEADER.pack(len(data)) + data)
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass                                  # the child is gone: poll() reports it
 
     def poll(self) -> list:
         """New messages, then ("exit", returncode) once the child is gone and all was read."""
         out = self._reader.messages()
+        if any(m[0] in ("result", "error") for m in out):
+            self.busy = False
         if self._reader.eof and self.process.poll() is not None:
             out.append(("exit", self.process.returncode))
         return out
@@ -166,9 +182,37 @@ class ChildProcess:
             self._read_fd = None
             self._reader.eof = True
         try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            pass
+            self.process.kill()
+
+
+_engine: Optional[EngineProcess] = None
+
+
+def engine_for(core_dir: str, core_name: str, threads: Optional[int] = None) -> EngineProcess:
+    """The engine process to run the next job in: the idle one from the last job, or a new one."""
+    global _engine
+    e = _engine
+    if e is None or not e.alive or e.busy or (e.core_dir, e.core_name) != (core_dir, core_name):
+        if e is not None:
+            e.kill()
+        e = _engine = EngineProcess(core_dir, core_name, threads)
+    return e
+
+
+def discard(engine: Optional[EngineProcess] = None) -> None:
+    """Kill ``engine`` (default: the kept one) and forget it: a cancelled job, or the add-on going."""
+    global _engine
+    target = engine or _engine
+    if target is not None:
+        target.kill()
+    if target is _engine:
+        _engine = None
 
 
 # ----------------------------------------------------------------------------- the child
@@ -201,6 +245,57 @@ def _die_with_parent() -> None:
             pass
 
 
+IDLE_EXIT_S = 600.0     # an engine left without work this long goes (its memory back to the user)
+
+
+def _read_exactly(fd: int, n: int) -> Optional[bytes]:
+    data = bytearray()
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def _next_call(fd: int) -> Optional[tuple]:
+    """The next (target, args, kwargs) from Blender, or None: stdin closed, or idle too long."""
+    import select
+    if not select.select([fd], [], [], IDLE_EXIT_S)[0]:
+        return None
+    header = _read_exactly(fd, _HEADER.size)
+    if header is None:
+        return None
+    data = _read_exactly(fd, _HEADER.unpack(header)[0])
+    return None if data is None else pickle.loads(data)      # written by our own parent process
+
+
+def _run_call(core_name: str, fd: int, target: str, args, kwargs) -> None:
+    try:
+        call = EngineCall(core_name, target, *args, **kwargs)
+        jobs = importlib.import_module(f"{core_name}.jobs")
+        torch_threads = os.environ.get("FACEFORGE_TORCH_THREADS", "")
+
+        def report(stage, fraction):
+            _send(fd, ("progress", stage, float(fraction)))
+
+        function = call.function()
+        if torch_threads.isdigit() and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(torch_threads))
+        result = function(*call.args, progress=jobs.Progress(report), **call.kwargs)
+        _send(fd, ("result", result))
+    except Exception as e:  # noqa: BLE001 - everything goes back to Blender
+        errors = sys.modules.get(f"{core_name}.errors")
+        known = errors is not None and isinstance(e, errors.FaceForgeError)
+        tb = "" if known else traceback.format_exc()
+        try:
+            pickle.dumps(e)
+            payload = e
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text is enough
+            payload = None
+        _send(fd, ("error", payload, f"{type(e).__name__}: {e}", tb))
+
+
 def child_main(core_dir: str, core_name: str, fd: int) -> int:
     _die_with_parent()
     if hasattr(os, "nice"):
@@ -211,35 +306,18 @@ def child_main(core_dir: str, core_name: str, fd: int) -> int:
             pass
     try:
         _load_core(core_dir, core_name)
-        target, args, kwargs = pickle.loads(sys.stdin.buffer.read())   # written by our own parent process
-        call = EngineCall(core_name, target, *args, **kwargs)
-        jobs = importlib.import_module(f"{core_name}.jobs")
-        torch_threads = os.environ.get("FACEFORGE_TORCH_THREADS", "")
-
-        def report(stage, fraction):
-            _send(fd, ("progress", stage, float(fraction)))
-
-        progress = jobs.Progress(report)
-        function = call.function()
-        if torch_threads.isdigit() and "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(int(torch_threads))
-        result = function(*call.args, progress=progress, **call.kwargs)
-        _send(fd, ("result", result))
-        return 0
-    except BaseException as e:  # noqa: BLE001 - everything goes back to Blender
-        errors = sys.modules.get(f"{core_name}.errors")
-        known = errors is not None and isinstance(e, errors.FaceForgeError)
-        tb = "" if known else traceback.format_exc()
-        try:
-            pickle.dumps(e)
-            payload = e
-        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text is enough
-            payload = None
-        try:
-            _send(fd, ("error", payload, f"{type(e).__name__}: {e}", tb))
-        except OSError:
-            pass
+    except Exception as e:  # noqa: BLE001
+        _send(fd, ("error", None, f"the engine could not be loaded ({type(e).__name__}: {e})", traceback.format_exc()))
         return 1
+    stdin = sys.stdin.fileno()
+    while True:
+        call = _next_call(stdin)
+        if call is None:
+            return 0
+        try:
+            _run_call(core_name, fd, *call)
+        except OSError:           # Blender stopped reading (closed, or the job was cancelled)
+            return 1
 
 
 if __name__ == "__main__":

@@ -126,15 +126,18 @@ _last_child_pid: Optional[int] = None
 
 
 class ChildJob(Job):
-    """A job whose work is an ``engine_process.EngineCall``, run in a child Python process (see
-    engine_process for why). Nothing runs in a thread: ``done`` (asked by the modal operator's timer
-    on the main thread) reads the child's messages without blocking; ``cancel`` kills the child."""
+    """A job whose work is an ``engine_process.EngineCall``, run in the engine's child Python process
+    (see engine_process for why). Nothing runs in a thread: ``done`` (asked by the modal operator's
+    timer on the main thread) reads the child's messages without blocking; ``cancel`` kills the child
+    (the next job starts a fresh one); a finished job leaves it, warm, for the next."""
 
     def start(self) -> "ChildJob":
-        from .engine_process import ChildProcess
         global _last_child_pid
-        self._child = ChildProcess(self.work, str(Path(core.__file__).resolve().parent), engine_threads())
+        from . import engine_process
+        self._child = engine_process.engine_for(str(Path(core.__file__).resolve().parent), core.__name__,
+                                                engine_threads())
         _last_child_pid = self._child.process.pid        # for diagnostics and the GUI test
+        self._child.submit(self.work)
         return self
 
     def run_inline(self) -> "ChildJob":
@@ -150,15 +153,20 @@ class ChildJob(Job):
                 self.progress.record(message[1], message[2])
             elif kind == "result":
                 self.result = message[1]
+                self._done.set()
             elif kind == "error":
                 _, error, text, tb = message
                 self.error = error if isinstance(error, BaseException) else RuntimeError(text)
                 self.traceback = tb
-            elif kind == "exit":
-                if self.result is None and self.error is None and not self.cancelling:
-                    self.error = RuntimeError(f"the engine process ended unexpectedly (exit code {message[1]})")
-                child.close()
                 self._done.set()
+            elif kind == "exit":
+                if not self._done.is_set() and not self.cancelling:
+                    self.error = RuntimeError(f"the engine process ended unexpectedly (exit code {message[1]})")
+                from . import engine_process
+                engine_process.discard(child)
+                self._done.set()
+            if self._done.is_set():
+                return
 
     @property
     def done(self) -> bool:
@@ -177,7 +185,8 @@ class ChildJob(Job):
         super().cancel()
         child = getattr(self, "_child", None)
         if child is not None and not self._done.is_set():
-            child.kill()                 # a killed child leaves nothing: outputs are written atomically
+            from . import engine_process
+            engine_process.discard(child)    # a killed child leaves nothing: outputs are written atomically
             self._done.set()
 
 
@@ -607,6 +616,8 @@ def register_props() -> None:
 def unregister_props() -> None:
     cancel_active()
     _set_active(None)
+    from . import engine_process
+    engine_process.discard()                 # the warm engine process goes with the add-on
     if _cancel_on_file_load in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_cancel_on_file_load)
     if hasattr(bpy.types.WindowManager, "faceforge_job"):

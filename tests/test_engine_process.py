@@ -48,11 +48,28 @@ def test_child_job_gives_the_same_head_as_inline(photo):
     seen = _poll(job)
     assert job.outcome() == runner.FINISHED, job.error
     assert max(seen) > 0.2                                    # progress came back from the child
-    assert job._child.process.returncode == 0
     inline = call(core.jobs.Progress())                       # the same call in this process
     assert type(job.result) is type(inline)                   # the same classes (core under the same name)
     assert np.abs(job.result.rig.vertices - inline.rig.vertices).max() < 1e-4
     assert job.result.rig.shape_key_names == inline.rig.shape_key_names
+
+
+def test_the_engine_process_stays_warm_for_the_next_job(photo):
+    """The engine process is kept after a job: the next one skips the imports (torch, mediapipe, the
+    model), and runs in the same process; a cancelled job's process is not reused."""
+    call = EngineCall(core.__name__, "pipeline:reconstruct_photo", photo, model="facemask", device="cpu")
+    first = runner.ChildJob("Reconstruct", call).start()
+    t = time.monotonic()
+    _poll(first)
+    cold = time.monotonic() - t
+    second = runner.ChildJob("Reconstruct", call).start()
+    t = time.monotonic()
+    _poll(second)
+    warm = time.monotonic() - t
+    assert first.outcome() == second.outcome() == runner.FINISHED
+    assert second._child is first._child and first._child.alive        # the same, warm process
+    assert warm < cold, (cold, warm)
+    np.testing.assert_allclose(second.result.rig.vertices, first.result.rig.vertices, atol=1e-6)
 
 
 def test_child_job_error_keeps_its_faceforge_message(tmp_path):
@@ -76,6 +93,11 @@ def test_cancel_kills_the_child_at_once(photo):
     assert job.done and time.monotonic() - t < 2.0
     assert job.outcome() == runner.CANCELLED
     assert job._child.process.poll() is not None                # no orphan process
+    after = runner.ChildJob("Reconstruct", EngineCall(core.__name__, "pipeline:reconstruct_photo", photo,
+                                                      model="facemask", device="cpu")).start()
+    assert after._child is not job._child                       # a fresh engine after a cancel
+    _poll(after)
+    assert after.outcome() == runner.FINISHED
 
 
 def test_heavy_operators_hand_the_runner_an_engine_call(tmp_path, monkeypatch):
