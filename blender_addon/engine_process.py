@@ -99,6 +99,8 @@ class _Reader:
             (n,) = _HEADER.unpack_from(self.buffer)
             if len(self.buffer) < _HEADER.size + n:
                 break
+            # not a user's file: an anonymous pipe that only our own child process, started by this
+            # process, writes to; what it pickled is the engine's own result
             out.append(pickle.loads(bytes(self.buffer[_HEADER.size:_HEADER.size + n])))
             del self.buffer[:_HEADER.size + n]
         return out
@@ -267,7 +269,9 @@ def _next_call(fd: int) -> Optional[tuple]:
     if header is None:
         return None
     data = _read_exactly(fd, _HEADER.unpack(header)[0])
-    return None if data is None else pickle.loads(data)      # written by our own parent process
+    # not a user's file: the stdin pipe Blender's FaceForge opened to start this process; it pickled
+    # plain data (a core function's name, paths, numbers, arrays)
+    return None if data is None else pickle.loads(data)
 
 
 def _run_call(core_name: str, fd: int, target: str, args, kwargs) -> None:
