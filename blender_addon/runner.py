@@ -14,9 +14,9 @@ A capability (photo reconstruction today; video tracking, multi-photo, stylizati
 modal operator polls it from a window-manager timer: a job whose ``work`` carries an
 ``engine_call`` (``engine_process.EngineCall``: the heavy engine jobs) runs in a child Python
 process, others in a worker thread (see engine_process for why a child: a Python thread next to
-Blender's UI crashes forced redraws and competes for the GIL). The timer mirrors stage /
-percentage / ETA into ``WindowManager.faceforge_job`` (the sidebar's progress bar) and the status
-bar, and cancels on Esc or the panel's Cancel button. Called from a script (EXEC), in ``--background``, or with
+Blender's UI crashes forced redraws). The timer mirrors stage / percentage / ETA into
+``WindowManager.faceforge_job`` (the sidebar's progress bar) and the status bar, and cancels on
+Esc or the panel's Cancel button. Called from a script (EXEC), in ``--background``, or with
 ``synchronous=True``, the same job runs inline and prints progress lines. Only one job runs at
 a time; a finished job is one undo step (the operator's UNDO flag), a cancelled or failed one
 leaves the scene exactly as it was.
@@ -25,6 +25,7 @@ leaves the scene exactly as it was.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import traceback
@@ -35,6 +36,7 @@ import bpy
 from bpy.app.handlers import persistent
 from bpy.props import BoolProperty, FloatProperty, StringProperty
 
+from . import engine_process
 from .engine import core
 from .scene.rollback import SceneSnapshot
 
@@ -133,15 +135,11 @@ class ChildJob(Job):
 
     def start(self) -> "ChildJob":
         global _last_child_pid
-        from . import engine_process
         self._child = engine_process.engine_for(str(Path(core.__file__).resolve().parent), core.__name__,
                                                 engine_threads())
         _last_child_pid = self._child.process.pid        # for diagnostics and the GUI test
         self._child.submit(self.work)
         return self
-
-    def run_inline(self) -> "ChildJob":
-        return Job.run_inline(self)
 
     def _pump(self) -> None:
         child = getattr(self, "_child", None)
@@ -162,7 +160,6 @@ class ChildJob(Job):
             elif kind == "exit":
                 if not self._done.is_set() and not self.cancelling:
                     self.error = RuntimeError(f"the engine process ended unexpectedly (exit code {message[1]})")
-                from . import engine_process
                 engine_process.discard(child)
                 self._done.set()
             if self._done.is_set():
@@ -185,14 +182,12 @@ class ChildJob(Job):
         super().cancel()
         child = getattr(self, "_child", None)
         if child is not None and not self._done.is_set():
-            from . import engine_process
             engine_process.discard(child)    # a killed child leaves nothing: outputs are written atomically
             self._done.set()
 
 
 def engine_threads() -> int:
     """torch threads for a child engine process: leave Blender two cores (one at least for us)."""
-    import os
     explicit = os.environ.get("FACEFORGE_TORCH_THREADS", "")
     if explicit.isdigit() and int(explicit) > 0:
         return int(explicit)
@@ -203,7 +198,6 @@ def use_child_process() -> bool:
     """Run engine calls in a child process (default on Linux and macOS); FACEFORGE_ENGINE_IN_THREAD=1
     keeps the worker thread. Windows keeps the thread for now: the child's message pipe is passed as
     an inherited descriptor and read without blocking, neither of which Python 3.11 does there."""
-    import os
     return os.name == "posix" and os.environ.get("FACEFORGE_ENGINE_IN_THREAD", "") != "1"
 
 
@@ -616,7 +610,6 @@ def register_props() -> None:
 def unregister_props() -> None:
     cancel_active()
     _set_active(None)
-    from . import engine_process
     engine_process.discard()                 # the warm engine process goes with the add-on
     if _cancel_on_file_load in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_cancel_on_file_load)
