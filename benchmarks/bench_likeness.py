@@ -258,6 +258,7 @@ class EosPeer:
 def fit_subject(model, subj: dict, regs: dict, eos_peer) -> dict:
     from core.detect import detect_landmarks, load_image
     from core.errors import FaceForgeError
+    from core.fit import FitConfig
     from core.fit.multi_fit import DifferentPeopleError, MultiFitConfig
     from core.pipeline import reconstruct_photo, reconstruct_photos
 
@@ -287,6 +288,11 @@ def fit_subject(model, subj: dict, regs: dict, eos_peer) -> dict:
         out["timings"]["single_landmarks_s"] = rec.fit.timings["landmarks_s"]
         out["timings"]["single_fit_s"] = rec.fit.timings["total_s"]
         out["timings"]["single_total_s"] = rec.timings["total_s"]
+        out["timings"]["single_shading_s"] = rec.fit.timings.get("shading_s")
+        # the same without the mirror-symmetric shading stage (what the photo fit gave before it)
+        plain = reconstruct_photo(paths[0], model=model, device="cpu", texture_size=0,
+                                  config=FitConfig(symmetric_shading=False))
+        out["errors"]["single_plain"] = err(plain.fit.vertices_neutral)
         if eos_peer is not None:
             v_eos, dt = eos_peer.fit(dets[0])
             out["errors"]["eos"] = err(v_eos)
@@ -332,13 +338,31 @@ def print_table(results: list, region: str, eos_msg: str) -> None:
     print(f"\n  median vertex error (mm) on the '{region}' region after similarity alignment, "
           f"median over {len(results)} subjects")
     print(f"  {'':44} {'1 view':>7} {'3 views':>7} {'5 views':>7}   {'ratio to mean face: 1':>21} {'3':>7} {'5':>7}")
-    for key in ("mean", "single", "a", "b", "c", "d", "eos"):
+    for key in ("mean", "single", "single_plain", "a", "b", "c", "d", "eos"):
         if key == "eos" and eos_msg:
             print(f"  {LABELS[key]:44} {eos_msg}")
             continue
         row = {1: mean, 3: mean, 5: mean} if key == "mean" else cells[key]
         print(f"  {LABELS[key]:44} {fmt(row.get(1)):>7} {fmt(row.get(3)):>7} {fmt(row.get(5)):>7}   "
               f"{rat(row.get(1)):>21} {rat(row.get(3)):>7} {rat(row.get(5)):>7}")
+
+
+def print_targets(results: list, region: str) -> None:
+    """Issue 9's targets against this run: ratios to the mean face, falling with every view."""
+    cells = _cells(results, region)
+    mean = cells["mean"][1]
+    got = {1: cells["single"].get(1), 3: cells["d"].get(3), 5: cells["d"].get(5)}
+    if not mean or any(v is None for v in got.values()):
+        return
+    r = {n: v / mean for n, v in got.items()}
+    ok = lambda c: "met" if c else "NOT met"                                         # noqa: E731
+    print(f"  targets: 1 view <= 0.85x: {r[1]:.2f}x {ok(r[1] <= 0.85)}; 3 views <= 0.6x: {r[3]:.2f}x "
+          f"{ok(r[3] <= 0.6)}; 5 views <= 0.5x: {r[5]:.2f}x {ok(r[5] <= 0.5)}; falling 1 -> 3 -> 5 (medians): "
+          f"{ok(r[1] > r[3] > r[5])}")
+    per = [(e["single"][region], e["d3"][region], e["d5"][region]) for e in (x["errors"] for x in results)
+           if all(k in e for k in ("single", "d3", "d5"))]
+    print(f"  per subject: 1 -> 3 views better for {sum(b < a for a, b, _ in per)} of {len(per)}, "
+          f"3 -> 5 for {sum(c < b for _, b, c in per)} of {len(per)}")
 
 
 def main():
@@ -405,6 +429,7 @@ def main():
               + "".join(f"\n    note: {n}" for n in r["notes"]), flush=True)
 
     print_table(results, args.region, eos_msg)
+    print_targets(results, args.region)
 
     # detector bias: mediapipe vs the true projections of the corresponded surface points
     by_turn = {}
@@ -427,7 +452,8 @@ def main():
     T = lambda k: med([r["timings"].get(k) for r in results])                       # noqa: E731
     print("\n  timings (median over subjects, this machine, CPU):")
     if T("single_fit_s") is not None:
-        print(f"    single photo: landmark stage {T('single_landmarks_s'):.2f} s, whole fit {T('single_fit_s'):.2f} s, "
+        print(f"    single photo: landmark stage {T('single_landmarks_s'):.2f} s, whole fit {T('single_fit_s'):.2f} s "
+              f"(of which the mirror-symmetric shading stage {T('single_shading_s') or 0:.2f} s), "
               f"pipeline incl. detection {T('single_total_s'):.2f} s")
     if T("eos_fit_s") is not None:
         print(f"    eos-py fit_shape_and_pose on the same landmarks: {T('eos_fit_s'):.3f} s "
@@ -456,7 +482,8 @@ def _cells(results, region) -> dict:
     def col(key):
         return med([r["errors"][key][region] for r in results if key in r["errors"]])
 
-    return {"mean": {1: col("mean")}, "single": {1: col("single")}, "eos": {1: col("eos")},
+    return {"mean": {1: col("mean")}, "single": {1: col("single")}, "single_plain": {1: col("single_plain")},
+            "eos": {1: col("eos")},
             **{m: {3: col(f"{m}3"), 5: col(f"{m}5")} for m in "abcd"}}
 
 

@@ -57,8 +57,12 @@ def reconstruct_photo(image_path, model=None, device="auto", progress=None,
     progress.update("detecting face", 0.08)
     det = detect_landmarks(image, source=Path(image_path).name, face=face)
     t1 = time.perf_counter()
-    fitter = PhotoFitter(mm.layer(dev), config)
-    fit = fitter.fit(image, det, progress=progress.sub(0.12, 0.97))
+    layer = mm.layer(dev)
+    fitter = PhotoFitter(layer, config)
+    shading = (config or FitConfig()).symmetric_shading
+    fit = fitter.fit(image, det, progress=progress.sub(0.12, 0.8 if shading else 0.97))
+    if shading:
+        fit = refine_shading(layer, fit, image, det, progress)
     # the fit's own evidence: a pose past the landmarks' range, or landmarks the model cannot follow
     late = check_fit(fit.params["rotation"], fit.landmark_error_rel, Path(image_path).name,
                      pose_warned=det.yaw_deg is not None and det.yaw_deg >= WARN_YAW_DEG)
@@ -77,6 +81,22 @@ def reconstruct_photo(image_path, model=None, device="auto", progress=None,
                                         "total_s": time.perf_counter() - t0},
                                texture=None if bake is None else bake.texture, bake=bake,
                                face_index=det.face_index, face_boxes=list(det.face_boxes))
+
+
+def refine_shading(layer, fit: PhotoFit, image: np.ndarray, det, progress) -> PhotoFit:
+    """The shape refined on the photo's shading with a mirror-symmetric skin colour (the fit itself
+    when the model is not symmetric); the outline of the person mask joins in where there is one."""
+    from ..fit.photo_consistency import refine_photo_fit, single_photo_applies
+    from ..fit.silhouette import person_mask
+
+    if not single_photo_applies(layer):
+        return fit
+    t = time.perf_counter()
+    progress.update("fitting the shape to the shading", 0.8)
+    out = refine_photo_fit(layer, fit, image, det, mask=person_mask(image))
+    out.timings = dict(fit.timings, shading_s=time.perf_counter() - t)
+    out.timings["total_s"] = fit.timings.get("total_s", 0.0) + out.timings["shading_s"]
+    return out
 
 
 def fill_albedo(model: MorphableModel, fitted: np.ndarray) -> np.ndarray:
