@@ -18,11 +18,16 @@ This stage
 4. keeps the landmark term, the priors and the outline term of the silhouette stage as regularisers;
    visibility (a z-buffer of the model at 1/4 resolution), the SH lights, the robust weights and the
    outline pairs are re-estimated a few times per blur level.
-A single photo gives no constraint (its own albedo explains any colour), so this needs two or more; a
-coarse mesh (the 468-vertex built-in head) is left alone (min_vertices).
-On the likeness benchmark (8 Blender-rendered ICT heads, median face error, cached detections) after the
-outline stage: 3 photos 2.54 -> 1.90 mm, 5 photos 2.55 -> 2.01 mm (mean face 3.09 mm); ~2-3 s per photo
-on 2 CPU cores.
+5. shares each vertex's albedo with its mirror image (symmetric_albedo; after Wu et al., *Unsupervised
+   Learning of Probably Symmetric Deformable 3D Objects*, CVPR 2020): skin colour is close to
+   left-right symmetric while the light on the two halves is not, so even ONE photo constrains the
+   shape (refine_photo_fit, used by the single-photo pipeline). Without the pairing a single photo
+   gives no constraint (its own albedo explains any colour). A coarse mesh (the 468-vertex built-in
+   head) is left alone (min_vertices), and so is a model whose template is not symmetric.
+On the likeness benchmark (8 Blender-rendered ICT heads, ratio of the median face error to the mean
+face's, cached detections), after the outline stage: 3 photos 0.85x -> 0.62x without the mirror pairing,
+0.52x with it (and the settings below); 5 photos 0.81x -> 0.64x -> 0.50x; one photo (after the photo
+fit) 0.98x -> 0.69x. A few seconds per photo on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ from .silhouette import MaskBoundary, outline_candidates, outline_vertices, poin
 class PhotoConsistencyConfig:
     blur_px: tuple = (4.0, 2.0, 1.0)    # image blur per level, coarse to fine
     rounds: int = 2                     # re-estimations (visibility, light, weights, outline pairs) per level
-    iters: int = 15                     # L-BFGS iterations per round
+    iters: int = 30                     # L-BFGS iterations per round (likeness benchmark, 3 / 5 photos, with the
+                                        # settings below: 15 -> 0.58x / 0.52x the mean face's error, 30 -> 0.52x / 0.50x)
     weight: float = 1e5                 # each photo's colours count as this many independent points (likeness
                                         # benchmark, 3 / 5 photos: 1e4 2.21 / 2.34 mm, 3e4 2.07 / 2.08, 1e5 1.90 / 2.01)
     sigma: float = 0.05                 # expected colour noise (0..1)
@@ -55,12 +61,14 @@ class PhotoConsistencyConfig:
     outline_weight: float = 1e3         # the outline term of the silhouette stage (0: none)
     outline_sigma: float = 0.01
     gate: float = 0.04
-    landmark_sigma: float = 0.012
+    landmark_sigma: float = 0.024       # the landmarks as a regulariser: twice the landmark fits' noise, since
+                                        # mediapipe's points are biased (0.012: 3 / 5 photos 0.59x / 0.55x)
     depth_weight: float = 0.05
     shape_prior: float = 1.0
     expr_prior: float = 1.0
     expr_bound_weight: float = 1e4
-    symmetric_albedo: bool = False      # mirror vertices share one albedo (left-right symmetric models only)
+    symmetric_albedo: bool = True       # mirror vertices share one albedo (left-right symmetric models only;
+                                        # likeness benchmark, 3 / 5 photos: 0.62x / 0.64x -> 0.59x / 0.55x)
     min_vertices: int = 2000            # coarser meshes are left alone: a per-vertex albedo needs vertices a
                                         # few pixels apart (468-vertex built-in head, tests/test_multi.py: 0.64 mm
                                         # against 0.26 for the plain mean of the per-photo identities)
@@ -320,10 +328,11 @@ def _outline_pairs(verts, proj, faces, cand, bounds, sizes, iw, cfg, layer, N):
 
 
 def single_photo_config() -> PhotoConsistencyConfig:
-    """The stage on one photo (mirror-symmetric albedo): two blur levels, one round each, to stay
-    within the photo fit's time budget (likeness benchmark, 8 subjects: 0.69x the mean face's error
-    against 0.68x with the multi-photo schedule, in about half the time)."""
-    return PhotoConsistencyConfig(symmetric_albedo=True, blur_px=(2.0, 1.0), rounds=1)
+    """The stage on one photo (mirror-symmetric albedo): two blur levels, one round of 15 iterations each,
+    to stay within the photo fit's time budget (likeness benchmark, 8 subjects: 0.69x the mean face's
+    error against 0.68x with three levels and two rounds, in about half the time); the landmarks
+    count fully (at twice their noise, as for several photos: 0.71x)."""
+    return PhotoConsistencyConfig(symmetric_albedo=True, blur_px=(2.0, 1.0), rounds=1, iters=15, landmark_sigma=0.012)
 
 
 def single_photo_applies(layer, config: Optional[PhotoConsistencyConfig] = None) -> bool:

@@ -58,8 +58,12 @@ def reconstruct_photo(image_path, model=None, device="auto", progress=None,
     det = detect_landmarks(image, source=Path(image_path).name, face=face)
     t1 = time.perf_counter()
     layer = mm.layer(dev)
+    # with the shading stage after it, the photometric stage only has to give the light and colours
+    # (the shading stage re-solves the geometry), so it runs half its steps, as for several photos
+    # (likeness benchmark: 0.69x vs 0.71x the mean face's error with 30 / 15 steps, ~0.8 s less)
+    config = config or FitConfig(photo_steps=15)
     fitter = PhotoFitter(layer, config)
-    shading = (config or FitConfig()).symmetric_shading
+    shading = config.symmetric_shading
     fit = fitter.fit(image, det, progress=progress.sub(0.12, 0.8 if shading else 0.97))
     if shading:
         fit = refine_shading(layer, fit, image, det, progress)
