@@ -4,7 +4,8 @@ A random identity of the default head (ICT-FaceKit) with the model's albedo is r
 own rasteriser from three sides, each under its own SH light; its 'detections' are exact projections
 of the landmark points of a face pulled towards the average (as mediapipe's are). From the landmark
 solution at the true poses, the colours must recover clearly more of the shape. Measured (this
-set-up): landmarks 2.46 mm, + colours 1.73 mm (centred, unaligned median over the face part)."""
+set-up): landmarks 2.46 mm, + colours 1.27 mm (1.73 without the mirror-symmetric albedo; centred,
+unaligned median over the face part)."""
 
 
 import dataclasses
@@ -73,7 +74,7 @@ def test_colours_recover_more_shape_than_landmarks(ict):
 def test_one_photo_mirror_symmetric_albedo_recovers_shape(ict):
     """One photo lit from the side: with one albedo per mirror pair the two halves of the face must be
     explained by the shape (without the pairing a single photo gives no constraint at all). Two people:
-    measured 2.53 -> 2.54 mm and 3.10 -> 1.89 mm (centred median over the face part)."""
+    measured 2.53 -> 2.27 mm and 3.10 -> 1.84 mm (centred median over the face part)."""
     idx = np.nonzero(ict.parts.vertex_part == ict.parts.names.index("face"))[0]
     before, after = [], []
     for seed in (5, 6):

@@ -66,7 +66,7 @@ class PhotoConsistencyConfig:
     depth_weight: float = 0.05
     shape_prior: float = 1.0
     expr_prior: float = 1.0
-    expr_bound_weight: float = 1e4
+    expr_bound_weight: float = 1e6     # a stiff wall at a blendshape model's range (the colours outweigh 1e4)
     symmetric_albedo: bool = True       # mirror vertices share one albedo (left-right symmetric models only;
                                         # likeness benchmark, 3 / 5 photos: 0.62x / 0.64x -> 0.59x / 0.55x)
     min_vertices: int = 2000            # coarser meshes are left alone: a per-vertex albedo needs vertices a
@@ -287,6 +287,9 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
                 return loss
 
             opt.step(closure)
+            if lo_hi is not None:           # and the weights are kept inside it (each round starts a new L-BFGS)
+                with torch.no_grad():
+                    expr_u.clamp_(lo_hi[0] * EXPR_UNIT, lo_hi[1] * EXPR_UNIT)
 
     with torch.no_grad():
         R, t = pose()
