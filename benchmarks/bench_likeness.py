@@ -70,6 +70,7 @@ LIGHTS = ("Default", "basic.sl", "outdoor.sl", "paint.sl", "studio.sl")
 PLAIN_SKIN = (0.78, 0.60, 0.50)
 ICT_NARROW_FACE = 6705           # ICT-FaceKit README: vertices [0, 6705) are the narrow face area
 LABELS = {"mean": "mean face (identity = 0)", "single": "FaceForge single photo (reconstruct_photo)",
+          "single_plain": "  the same without the symmetric shading stage",
           "a": "(a) most confident single view", "b": "(b) mean of per-view identities",
           "c": "(c) confidence-weighted fusion", "d": "(d) joint refinement (the result)",
           "eos": "eos-py (same model + landmarks)"}

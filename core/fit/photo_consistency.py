@@ -66,6 +66,7 @@ class PhotoConsistencyConfig:
     depth_weight: float = 0.05
     shape_prior: float = 1.0
     expr_prior: float = 1.0
+    shape_norm_weight: float = 100.0   # wall on |identity|^2 beyond the typical set of N(0, I) (0: none)
     expr_bound_weight: float = 1e6     # a stiff wall at a blendshape model's range (the colours outweigh 1e4)
     symmetric_albedo: bool = True       # mirror vertices share one albedo (left-right symmetric models only;
                                         # likeness benchmark, 3 / 5 photos: 0.62x / 0.64x -> 0.59x / 0.55x)
@@ -214,11 +215,15 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
         rd = dz * sqrt_w[..., 0] * s[..., 0]
         loss = 0.5 * ((r ** 2).sum() + cfg.depth_weight * (rd ** 2).sum())
         loss = loss + 0.5 * cfg.shape_prior * (shape ** 2).sum() + 0.5 * cfg.expr_prior * (e ** 2).sum()
+        if cfg.shape_norm_weight > 0:
+            loss = loss + 0.5 * cfg.shape_norm_weight * torch.relu((shape ** 2).sum() - norm_limit) ** 2
         if lo_hi is not None:
             ev = e.reshape(-1)
             loss = loss + 0.5 * cfg.expr_bound_weight * ((torch.relu(lo_hi[0] - ev) + torch.relu(ev - lo_hi[1])) ** 2).sum()
         return loss
 
+    # |identity|^2 of N(0, I) identities concentrates at n +- sqrt(2n): beyond n + 3 sqrt(2n) is untypical
+    norm_limit = shape.shape[1] + 3.0 * float(np.sqrt(2.0 * shape.shape[1]))
     faces_all = torch.as_tensor(layer.fit_faces, device=dev)
     albedo = None
     pyr = [[None] * len(cfg.blur_px) for _ in range(N)]         # [photo][level] blurred images
