@@ -25,9 +25,11 @@ This stage
    gives no constraint (its own albedo explains any colour). A coarse mesh (the 468-vertex built-in
    head) is left alone (min_vertices), and so is a model whose template is not symmetric.
 On the likeness benchmark (8 Blender-rendered ICT heads, ratio of the median face error to the mean
-face's, cached detections), after the outline stage: 3 photos 0.85x -> 0.62x without the mirror pairing,
-0.52x with it (and the settings below); 5 photos 0.81x -> 0.64x -> 0.50x; one photo (after the photo
-fit) 0.98x -> 0.69x. A few seconds per photo on 2 CPU cores.
+face's, cached detections of the 8 subjects these settings were chosen on), after the outline stage:
+3 photos 0.85x -> 0.62x without the mirror pairing, 0.54x with it (and the settings below); 5 photos
+0.81x -> 0.64x -> 0.51x; one photo (after the photo fit) 0.98x -> 0.68x. On 8 unseen subjects (the
+benchmark's full pipeline): 0.77x / 0.69x / 0.63x for 1 / 3 / 5 photos. A few seconds per photo on 2
+CPU cores.
 """
 
 from __future__ import annotations
