@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import numpy as np  # noqa: E402
 
 YAWS = (0.0, -30.0, 30.0, -50.0, 50.0)
+BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0])   # camera axes: Blender looks down -Z with +Y up
 VIEW_SETS = {1: [0], 3: [0, 1, 2], 5: [0, 1, 2, 3, 4]}
 HIDDEN_MATERIALS = {"eye_wet", "eye_occlusion", "lashes"}       # alpha-textured layers in the add-on
 LIGHTS = ("Default", "basic.sl", "outdoor.sl", "paint.sl", "studio.sl")
@@ -322,6 +323,13 @@ def fit_subject(model, subj: dict, regs: dict, eos_peer) -> dict:
         out["timings"][f"multi{n}_joint_s"] = m.timings["joint_s"]
         out["timings"][f"multi{n}_total_s"] = rec.timings["total_s"]
         out[f"trusted_view_{n}"] = int(idx[m.best_single()])
+        # each photo's head rotation relative to the first photo's, against the truth (frame-free: a
+        # rotation of the whole model frame cancels); the final views, after the colour stage
+        R_true = [BLENDER_TO_OPENCV @ subj["views"][i]["R"] for i in idx]
+        for j, i in enumerate(idx[1:], 1):
+            d = (m.views[j]["R"] @ m.views[0]["R"].T) @ (R_true[j] @ R_true[0].T).T
+            out["views"][i].setdefault("relative_rotation_error_deg", {})[str(n)] = float(
+                np.degrees(np.arccos(np.clip((np.trace(d) - 1) / 2, -1, 1))))
     return out
 
 
@@ -442,6 +450,18 @@ def main():
     print("\n  mediapipe vs the true projections of its corresponded surface points (mean px per view, median over views):")
     print("    " + ", ".join(f"|yaw| ~{k} deg: {statistics.median(v):.1f} px" for k, v in sorted(by_turn.items()))
           + (f"  (face ~{face_px:.0f} px wide)" if face_px else ""))
+
+    # how well the multi-photo fits place each photo's head (what bounds the colour stage)
+    for n in (3, 5):
+        rot = {}
+        for r in results:
+            for i, v in enumerate(r["views"]):
+                e = v.get("relative_rotation_error_deg", {}).get(str(n))
+                if e is not None:
+                    rot.setdefault(YAWS[i], []).append(e)
+        if rot:
+            print(f"  {n} photos: head rotation error relative to the frontal photo's (degrees, median over subjects): "
+                  + ", ".join(f"yaw {k:+.0f}: {statistics.median(v):.1f}" for k, v in sorted(rot.items())))
 
     # dlib and detection
     refused = [(r["seed"], n) for r in results for n in (3, 5) if r.get(f"same_person_{n}") is False]
