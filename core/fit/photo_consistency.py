@@ -30,7 +30,7 @@ This stage
    landmark fits are 8-18 degrees off there, beyond the reach of the continuous refinement (likeness
    benchmark, 24 subjects, 5 photos: mean ratio to the mean face's error 0.628 -> 0.606, worst subject
    1.17 -> 0.92, medians unchanged). Pose is what bounds this stage: started from the true camera poses,
-   it reaches 0.22x-0.45x on 6 subjects with 5 photos, against 0.37x-0.77x from the fitted ones.
+   it reaches 0.22x-0.44x on 6 subjects with 5 photos, against 0.37x-0.77x from the fitted ones.
 On the likeness benchmark (8 Blender-rendered ICT heads, ratio of the median face error to the mean
 face's, cached detections of the 8 subjects these settings were chosen on), after the outline stage:
 3 photos 0.85x -> 0.62x without the mirror pairing, 0.54x with it (and the settings below); 5 photos
