@@ -293,7 +293,8 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
                         v_c = (verts[i] - centre) @ D.T + centre
                         p_c = (p[i] - centre) @ D.T + centre
                         n_c = nrm[i] @ D.T
-                        px_c = proj(p_c[None].expand(N, -1, -1))[i]
+                        px_c = torch.stack([foc[i] * p_c[:, 0] / p_c[:, 2] + cx[i],
+                                            foc[i] * p_c[:, 1] / p_c[:, 2] + cy[i]], -1)
                         col_c = _sample(pyr[i][level], px_c)
                         w_c = view_weights(i, v_c, p_c, n_c, px_c) * known
                         m = w_c > 0
