@@ -35,7 +35,7 @@ def synthetic_scene(model, seed, size=256, yaw_deg=12.0):
     verts = layer(shape, expr)
     rot = torch.tensor([[np.pi, np.radians(yaw_deg), 0.0]], dtype=torch.float32)
     R = axis_angle_to_matrix(rot)
-    focal = 0.5 * size / np.tan(np.radians(15))        # the fitter's default 30-degree start
+    focal = 0.5 * size / np.tan(np.radians(FitConfig().initial_fov_deg / 2))     # the fitter's default start
     t = torch.tensor([[0.0, 0.0, focal * 0.16 / (0.55 * size)]], dtype=torch.float32)  # face spans ~55% of the image
     cam = verts @ R.transpose(1, 2) + t[:, None]
     sh = torch.zeros(1, 9, 3)
