@@ -26,7 +26,7 @@ def astronaut():
     return skimage.data.astronaut()
 
 
-def synthetic_scene(model, seed, size=256, yaw_deg=12.0):
+def synthetic_scene(model, seed, size=256, yaw_deg=12.0, fov_deg=None):
     """Render the model with known parameters; return image, exact landmarks and ground truth."""
     g = torch.Generator().manual_seed(seed)
     layer = model.layer("cpu")
@@ -35,7 +35,8 @@ def synthetic_scene(model, seed, size=256, yaw_deg=12.0):
     verts = layer(shape, expr)
     rot = torch.tensor([[np.pi, np.radians(yaw_deg), 0.0]], dtype=torch.float32)
     R = axis_angle_to_matrix(rot)
-    focal = 0.5 * size / np.tan(np.radians(FitConfig().initial_fov_deg / 2))     # the fitter's default start
+    fov = FitConfig().initial_fov_deg if fov_deg is None else fov_deg                # default: the fitter's start
+    focal = 0.5 * size / np.tan(np.radians(fov / 2))
     t = torch.tensor([[0.0, 0.0, focal * 0.16 / (0.55 * size)]], dtype=torch.float32)  # face spans ~55% of the image
     cam = verts @ R.transpose(1, 2) + t[:, None]
     sh = torch.zeros(1, 9, 3)
@@ -158,6 +159,36 @@ def test_cancel_stops_the_fit(builtin, astronaut):
     progress.cancel()
     with pytest.raises(JobCancelled):
         PhotoFitter(builtin.layer("cpu")).fit(astronaut, det, progress)
+
+
+def test_the_exif_focal_length_is_held(tmp_path, astronaut):
+    """A photo whose EXIF gives its focal length (FocalLengthIn35mmFilm, as phones write it): the photo
+    pipeline converts it to pixels by the image diagonal and holds it, and the report says so; with
+    FitConfig(exif_focal=False), or a photo without the tag, the focal length is fitted. (What holding
+    it is worth is measured on Blender renders of the default head by benchmarks/bench_focal.py: 26 mm
+    at 27 cm, 1.37x -> 0.90x the mean face's error.)"""
+    import json
+
+    from PIL import Image
+
+    from core.pipeline import reconstruct_photo, save_outputs
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 26                  # FocalLengthIn35mmFilm: a phone's main camera
+    photo = tmp_path / "phone.jpg"
+    Image.fromarray(astronaut).save(photo, quality=95, exif=exif.tobytes())
+    expected = 26 / 43.2666 * np.hypot(512, 512)        # the 35 mm frame's diagonal is 43.27 mm
+    rec = reconstruct_photo(photo, "builtin", "cpu", texture_size=0)
+    assert rec.exif_focal_px == pytest.approx(expected, rel=1e-4)
+    assert float(rec.fit.params["focal"]) == pytest.approx(expected, rel=1e-4)
+    assert rec.rig.camera.focal_px == pytest.approx(expected, rel=1e-4)
+    report = json.loads(open(save_outputs(rec, tmp_path / "report")["params"]).read())
+    assert report["focal_length_from"].startswith("EXIF")
+    fitted = reconstruct_photo(photo, "builtin", "cpu", texture_size=0, config=FitConfig(photo_steps=15, exif_focal=False))
+    assert fitted.exif_focal_px is None and abs(float(fitted.fit.params["focal"]) / expected - 1) > 0.05
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(astronaut).save(plain, quality=95)
+    assert reconstruct_photo(plain, "builtin", "cpu", texture_size=0).exif_focal_px is None
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):

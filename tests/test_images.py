@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from core.detect.images import SUPPORTED_SUFFIXES, image_file_glob, load_image
+from core.detect.images import SUPPORTED_SUFFIXES, exif_focal_px, image_file_glob, load_image
 from core.errors import ImageReadError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,3 +284,31 @@ def test_blender_photo_browsers_show_every_supported_format():
     finally:
         if not was:
             blender_addon.unregister()
+
+
+def test_exif_focal_length(tmp_path):
+    """FocalLengthIn35mmFilm -> pixels by the image diagonal (JPEG, PNG, WebP); none for a photo without
+    it, a cropped photo (EXIF pixel dimensions of another aspect ratio), a garbage value or a broken file."""
+    def write(name, f35=None, dims=None, size=(W, H)):
+        exif = Image.Exif()
+        ifd = exif.get_ifd(0x8769)
+        if f35 is not None:
+            ifd[0xA405] = f35
+        if dims is not None:
+            ifd[0xA002], ifd[0xA003] = dims
+        path = tmp_path / name
+        Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(path, exif=exif.tobytes())
+        return path
+
+    diag = np.hypot(W, H)
+    for name in ("a.jpg", "a.png", "a.webp"):
+        assert exif_focal_px(write(name, 26), W, H) == pytest.approx(26 / 43.2666 * diag, rel=1e-4), name
+    # resized, or turned a quarter by its orientation tag: the same aspect ratio, the diagonal still holds
+    assert exif_focal_px(write("resized.jpg", 50, dims=(4 * H, 4 * W)), W, H) == pytest.approx(50 / 43.2666 * diag, rel=1e-4)
+    assert exif_focal_px(write("cropped.jpg", 50, dims=(4000, 3000), size=(W, W)), W, W) is None
+    assert exif_focal_px(write("none.jpg"), W, H) is None
+    assert exif_focal_px(write("zero.jpg", 0), W, H) is None
+    assert exif_focal_px(write("garbage.jpg", 60000), W, H) is None
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    assert exif_focal_px(broken, W, H) is None

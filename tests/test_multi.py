@@ -40,6 +40,22 @@ def test_aggregation_beats_the_plain_mean(builtin):
     assert fused.mean() < single.mean() + 0.02 and joint.mean() < single.mean() + 0.02, rows
 
 
+def test_known_focal_lengths_are_held(builtin):
+    """Focal lengths given per photo (as their EXIF gives them) stay exactly through the per-photo fits and
+    the joint refinement; a photo without one is fitted."""
+    layer = builtin.layer("cpu")
+    truth = random_identity(builtin, 5)
+    images, dets = render_views(builtin, truth, [-20, 0, 20], seed=5)
+    cfg = MultiFitConfig(check_people=False, silhouette=None, photo_consistency=None)
+    known = [650.0, 700.0, 750.0]
+    r = fit_photos(images, dets, layer, cfg, focal_px=known)
+    assert [v["focal"] for v in r.views] == pytest.approx(known, rel=1e-5)
+    assert [float(f.params["focal"]) for f in r.fits] == pytest.approx(known, rel=1e-5)
+    r = fit_photos(images, dets, layer, cfg, focal_px=[650.0, None, 750.0])
+    assert float(r.fits[0].params["focal"]) == pytest.approx(650.0, rel=1e-5)
+    assert abs(float(r.fits[1].params["focal"]) / 700.0 - 1) > 1e-3
+
+
 def real_frames(indices, clip="WolfgangLanger_Pexels.mp4"):
     import importlib.util
 

@@ -495,7 +495,9 @@ def test_end_to_end_real_pipeline(empty_scene, tmp_path):
     assert head is not None and len(head.data.vertices) == 26719          # the default full head
     keys = [k.name for k in head.data.shape_keys.key_blocks]
     assert keys[0] == "Basis" and len(keys) == 60 and "jawOpen" in keys
-    assert json.loads(head["faceforge_params"])["landmark_error_px"] < 2.5
+    params = json.loads(head["faceforge_params"])
+    assert params["landmark_error_px"] < 2.5
+    assert params["focal_length_from"] == "fitted"                         # a PNG without EXIF
     assert bpy.context.scene.camera is not None and bpy.context.scene.render.resolution_x == 512
     assert (tmp_path / "rep" / "params.json").is_file() and (tmp_path / "rep" / "overlay.png").is_file()
     fbx, glb = tmp_path / "e2e.fbx", tmp_path / "e2e.glb"

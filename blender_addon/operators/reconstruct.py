@@ -190,6 +190,8 @@ class FACEFORGE_OT_reconstruct_photo(BrowseFirst, EngineOptions, JobOperator, bp
         msg = (f"Built '{head.name}': {len(head.data.vertices)} vertices, "
                f"{max(0, len(keys.key_blocks) - 1) if keys else 0} expression keys{where}")
         msg += placement_note(built)
+        if getattr(rec, "exif_focal_px", None):       # the camera's lens, not a guess
+            msg += "; focal length from the photo's EXIF"
         if outputs:
             msg += f"; wrote {', '.join(str(p) for p in outputs.values())}"
         return msg

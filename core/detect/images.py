@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -135,6 +136,38 @@ def _pillow_header(p: Path) -> tuple:
             return im.format or "", int(im.getexif().get(0x0112, 1))
     except (OSError, ValueError, SyntaxError, TypeError, Image.DecompressionBombError):
         return "", 1   # not a format Pillow knows (EXR, PFM, ...): no EXIF to apply
+
+
+# the diagonal of a 35 mm film frame (36 x 24 mm): "35 mm equivalent" focal lengths are defined on it
+FULL_FRAME_DIAGONAL_MM = float(np.hypot(36.0, 24.0))
+
+
+def exif_focal_px(path, width: int, height: int) -> Optional[float]:
+    """The photo's focal length in pixels from its EXIF FocalLengthIn35mmFilm (phones and most cameras
+    write it), or None when there is none. A 35 mm equivalent is defined on the frame's diagonal, so it
+    converts by the image's diagonal, which survives rotation and resizing but not cropping: when the
+    EXIF pixel dimensions (if written) have another aspect ratio than the image, the photo was cropped
+    and the tag is not used; a value outside 8-1200 mm is taken as garbage."""
+    from PIL import Image
+    try:
+        with Image.open(Path(path)) as im:
+            if im.format == "PNG" and "exif" not in im.info:
+                return None                              # (looking after the pixels would decode them)
+            exif = im.getexif().get_ifd(0x8769)          # the Exif sub-IFD
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError, Image.DecompressionBombError):
+        return None
+    try:
+        f35 = float(exif.get(0xA405, 0) or 0)            # FocalLengthIn35mmFilm (mm)
+        wx, hx = float(exif.get(0xA002, 0) or 0), float(exif.get(0xA003, 0) or 0)   # PixelX/YDimension
+    except (TypeError, ValueError):
+        return None
+    if not 8.0 <= f35 <= 1200.0:
+        return None
+    if wx > 0 and hx > 0:
+        a, b = sorted((wx, hx)), sorted((float(width), float(height)))
+        if abs(a[0] / a[1] - b[0] / b[1]) > 0.02:
+            return None
+    return f35 / FULL_FRAME_DIAGONAL_MM * float(np.hypot(width, height))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

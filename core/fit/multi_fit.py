@@ -1,6 +1,7 @@
 """Several photos of one person -> one identity (after Deng et al.'s multi-image aggregation).
 
-1. Each photo is fitted on its own (its own pose, expression, focal length and SH light).
+1. Each photo is fitted on its own (its own pose, expression, focal length and SH light; a focal length
+   the photo's EXIF gives is held, not fitted).
 2. Each fit's confidence in the identity is its posterior precision: the Gauss-Newton Hessian
    of the landmark objective at the optimum, with pose, expression and focal marginalised out
    (Schur complement), plus the unit prior. Deng et al. learn this confidence (C-Net); the
@@ -202,16 +203,19 @@ def check_same_person(images, detections, names, threshold, warnings) -> None:
 
 
 def fit_photos(images: list, detections: list, layer: MorphableLayer, config: Optional[MultiFitConfig] = None,
-               progress=None, names: Optional[list] = None) -> MultiPhotoFit:
+               progress=None, names: Optional[list] = None, focal_px: Optional[list] = None) -> MultiPhotoFit:
+    """``focal_px``: per photo, its known focal length in pixels (from its EXIF) or None (fitted). Known
+    ones are held by the per-photo fits; the joint refinement holds them all when every photo has one."""
     cfg = config or MultiFitConfig()
     progress = ensure_progress(progress)
     N = len(images)
     names = names or [f"photo {i + 1}" for i in range(N)]
     t0 = time.perf_counter()
     fitter = PhotoFitter(layer, cfg.photo)
+    focal_px = list(focal_px) if focal_px is not None else [None] * N
     fits, quality, precisions = [], [], []
     for i, (img, det) in enumerate(zip(images, detections)):
-        fit = fitter.fit(img, det, progress.sub(0.6 * i / N, 0.6 * (i + 1) / N))
+        fit = fitter.fit(img, det, progress.sub(0.6 * i / N, 0.6 * (i + 1) / N), focal_px=focal_px[i])
         q = photo_quality(img, det, fit.params["rotation"])
         Lam = identity_precision(layer, fit, det, cfg.photo)
         # quality scales the data part only: precision = prior + data / k^2
@@ -248,7 +252,8 @@ def fit_photos(images: list, detections: list, layer: MorphableLayer, config: Op
                     np.stack([f.params["expr"] for f in fits]).astype(np.float32),
                     joint0=np.stack([f.params["joint_pose"] for f in fits]).astype(np.float32)
                     if layer.n_pose_joints else None,
-                    fit_identity=True, focal_mode="per_item", iters=cfg.joint_iters,
+                    fit_identity=True, iters=cfg.joint_iters,
+                    focal_mode="fixed" if all(f for f in focal_px) else "per_item",
                     item_weights=1.0 / np.array([q.noise_scale for q in quality]) ** 2,
                     progress=progress.sub(0.62, 0.98), stage="joint refinement")
     t2 = time.perf_counter()

@@ -66,6 +66,10 @@ class FitConfig:
     # 0.795x / 0.661x / 0.618x -> 0.749x / 0.627x / 0.602x the mean face's error)
     initial_fov_deg: float = 40.0
     fit_focal: bool = True
+    # the photo pipelines hold the focal length the photo's EXIF gives (FocalLengthIn35mmFilm): close up
+    # with a wide lens the landmarks drag a fitted one to 1.3-2.4x the truth (benchmarks/bench_focal.py,
+    # 26 mm at 27 cm: 1.37x the mean face's error fitted, 0.90x held)
+    exif_focal: bool = True
     # single-photo pipeline only (core/pipeline/photo.py): after the photometric stage, refine the
     # shape on the photo's colours with a mirror-symmetric albedo (photo_consistency.refine_photo_fit;
     # likeness benchmark: 0.98x -> 0.69x the mean face's error, ~1-2 s)
@@ -138,14 +142,14 @@ class PhotoFitter:
         self._nb = torch.as_tensor(nb, device=self.device)
         self._nbm = torch.as_tensor(nbm, dtype=torch.float32, device=self.device)
 
-    def _solve_landmarks_lm(self, p, R0, t0, dist0, f0, cx, cy, target, weights, face_size) -> None:
+    def _solve_landmarks_lm(self, p, R0, t0, dist0, f0, cx, cy, target, weights, face_size, fit_focal) -> None:
         """The landmark stage as one least-squares problem solved by Levenberg-Marquardt (same
         objective as the L-BFGS path: weighted reprojection, the detector's relative depth, Gaussian
         priors, expression bounds), rigid pose first. Writes the solution into ``p``."""
         cfg, layer = self.config, self.layer
         lm_layer = self._lm_layer
         if "joint_pose" not in p:
-            return self._solve_landmarks_analytic(p, R0, t0, dist0, f0, cx, cy, target, weights, face_size)
+            return self._solve_landmarks_analytic(p, R0, t0, dist0, f0, cx, cy, target, weights, face_size, fit_focal)
         keys = ["rot", "trans", "log_focal", "shape", "expr"] + (["joint_pose"] if "joint_pose" in p else [])
         shapes = [p[k].shape for k in keys]
         sizes = [p[k].numel() for k in keys]
@@ -183,17 +187,17 @@ class PhotoFitter:
             return torch.cat(out)
 
         rigid = torch.zeros(len(theta0), dtype=torch.bool, device=theta0.device)
-        rigid[: sizes[0] + sizes[1] + (sizes[2] if cfg.fit_focal else 0)] = True
+        rigid[: sizes[0] + sizes[1] + (sizes[2] if fit_focal else 0)] = True
         with torch.no_grad():
             theta, _, _ = levenberg_marquardt(residuals, theta0, iters=cfg.lm_rigid_iters, free=rigid)
             free = torch.ones_like(rigid)
-            if not cfg.fit_focal:
+            if not fit_focal:
                 free[sizes[0] + sizes[1]] = False
             theta, _, _ = levenberg_marquardt(residuals, theta, iters=cfg.lm_iters, free=free)
             for k, v in unpack(theta).items():
                 p[k].data.copy_(v)
 
-    def _solve_landmarks_analytic(self, p, R0, t0, dist0, f0, cx, cy, target, weights, face_size) -> None:
+    def _solve_landmarks_analytic(self, p, R0, t0, dist0, f0, cx, cy, target, weights, face_size, fit_focal) -> None:
         """Models without joints: the same objective, with the exact Jacobian built by hand
         (core/fit/landmark_solve.py), several times faster than forward-mode autodiff."""
         import cv2
@@ -213,7 +217,7 @@ class PhotoFitter:
             t_start = (t0 + dist0 * p["trans"].detach())[0]
             c0 = torch.cat([p["shape"].detach()[0], p["expr"].detach()[0]])
             out = solve_landmarks(pb, R_start, t_start, f0, dist0, c0, float(p["log_focal"].detach()[0]),
-                                  cfg.lm_rigid_iters, cfg.lm_iters, cfg.fit_focal)
+                                  cfg.lm_rigid_iters, cfg.lm_iters, fit_focal)
             delta = (out["R"] @ R0[0].T).double().cpu().numpy()
             p["rot"].data.copy_(torch.as_tensor(cv2.Rodrigues(delta)[0].reshape(1, 3), dtype=torch.float32))
             p["trans"].data.copy_(((out["t"] - t0[0]) / dist0)[None])
@@ -221,8 +225,12 @@ class PhotoFitter:
             p["shape"].data.copy_(out["c"][:ks][None])
             p["expr"].data.copy_(out["c"][ks:][None])
 
-    def fit(self, image_rgb: np.ndarray, detection: FaceLandmarks, progress=None) -> PhotoFit:
+    def fit(self, image_rgb: np.ndarray, detection: FaceLandmarks, progress=None,
+            focal_px: Optional[float] = None) -> PhotoFit:
+        """``focal_px``: the photo's focal length in pixels when it is known (e.g. from its EXIF,
+        core/detect/images.exif_focal_px); it is then held, not fitted."""
         cfg, layer, dev = self.config, self.layer, self.device
+        fit_focal = cfg.fit_focal and focal_px is None
         progress = ensure_progress(progress)
         t0 = time.perf_counter()
         H, W = image_rgb.shape[:2]
@@ -231,7 +239,7 @@ class PhotoFitter:
         weights = torch.as_tensor(landmark_weights(lm_idx, cfg), device=dev)[None]
         face_size = float(detection.face_size)
         cx, cy = W / 2.0, H / 2.0
-        f0 = 0.5 * max(H, W) / np.tan(np.radians(cfg.initial_fov_deg) / 2)
+        f0 = float(focal_px) if focal_px else 0.5 * max(H, W) / np.tan(np.radians(cfg.initial_fov_deg) / 2)
         rvec, tvec = initial_pose(layer, detection.points[lm_idx, :2], f0, cx, cy)
         bias = detector_bias(layer.model) if cfg.correct_detector_bias else None
         if bias is not None:
@@ -251,7 +259,7 @@ class PhotoFitter:
             "rot": torch.zeros(1, 3, device=dev, requires_grad=True),
             # translation in units of the initial distance, so all parameters are O(1)
             "trans": torch.zeros(1, 3, device=dev, requires_grad=True),
-            "log_focal": torch.zeros(1, device=dev, requires_grad=cfg.fit_focal),
+            "log_focal": torch.zeros(1, device=dev, requires_grad=fit_focal),
         }
         if layer.n_pose_joints:
             p["joint_pose"] = torch.zeros(1, layer.n_pose_joints, 3, device=dev, requires_grad=True)
@@ -298,7 +306,7 @@ class PhotoFitter:
         # ---- stage 1: landmarks -------------------------------------------------------------
         # a small least-squares problem: L-BFGS with a line search converges in a few dozen
         # evaluations where Adam needs hundreds. Rigid pose first, then everything.
-        rigid = [p["rot"], p["trans"]] + ([p["log_focal"]] if cfg.fit_focal else [])
+        rigid = [p["rot"], p["trans"]] + ([p["log_focal"]] if fit_focal else [])
         full = rigid + [p["shape"], p["expr"]] + ([p["joint_pose"]] if "joint_pose" in p else [])
         evals = [0]
         total_evals = cfg.landmark_steps
@@ -326,7 +334,7 @@ class PhotoFitter:
             run_lbfgs(full, cfg.landmark_steps)
         else:
             progress.update("fitting landmarks", 0.0)
-            self._solve_landmarks_lm(p, R0, t0_vec, dist0, f0, cx, cy, target, weights, face_size)
+            self._solve_landmarks_lm(p, R0, t0_vec, dist0, f0, cx, cy, target, weights, face_size, fit_focal)
         t1 = time.perf_counter()
 
         # ---- stage 2: photometric on a face crop ----------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import __version__
 from ..detect import detect_landmarks, load_image
+from ..detect.images import exif_focal_px
 from ..detect.reliability import WARN_YAW_DEG, check_fit
 from ..device import resolve_device
 from ..fit import FitConfig, PhotoFit, PhotoFitter
@@ -34,6 +35,7 @@ class PhotoReconstruction:
     bake: Optional[object] = None          # core.texture.BakeResult
     face_index: int = 0                    # which face was fitted, counted from the left (0-based)
     face_boxes: list = field(default_factory=list)   # (x0, y0, x1, y1) of every face found, left to right
+    exif_focal_px: Optional[float] = None  # the focal length the photo's EXIF gave, held by the fit (None: fitted)
 
 
 def reconstruct_photo(image_path, model=None, device="auto", progress=None,
@@ -64,7 +66,8 @@ def reconstruct_photo(image_path, model=None, device="auto", progress=None,
     config = config or FitConfig(photo_steps=15)
     fitter = PhotoFitter(layer, config)
     shading = config.symmetric_shading
-    fit = fitter.fit(image, det, progress=progress.sub(0.12, 0.8 if shading else 0.97))
+    focal = exif_focal_px(image_path, image.shape[1], image.shape[0]) if config.exif_focal else None
+    fit = fitter.fit(image, det, progress=progress.sub(0.12, 0.8 if shading else 0.97), focal_px=focal)
     if shading:
         fit = refine_shading(layer, fit, image, det, progress)
     # the fit's own evidence: a pose past the landmarks' range, or landmarks the model cannot follow
@@ -84,7 +87,7 @@ def reconstruct_photo(image_path, model=None, device="auto", progress=None,
                                timings={"detect_s": t1 - t0, **fit.timings, "texture_s": time.perf_counter() - t2,
                                         "total_s": time.perf_counter() - t0},
                                texture=None if bake is None else bake.texture, bake=bake,
-                               face_index=det.face_index, face_boxes=list(det.face_boxes))
+                               face_index=det.face_index, face_boxes=list(det.face_boxes), exif_focal_px=focal)
 
 
 def refine_shading(layer, fit: PhotoFit, image: np.ndarray, det, progress) -> PhotoFit:
@@ -159,6 +162,7 @@ def fit_params_json(rec: PhotoReconstruction) -> dict:
         "model": {"name": rec.model.name, "source": rec.model.source, **rec.model.summary()},
         "params": {k: np.asarray(v).tolist() for k, v in fit.params.items()},
         "expression": dict(zip(rec.model.expr_names, np.asarray(fit.params["expr"]).round(4).tolist())),
+        "focal_length_from": "EXIF (FocalLengthIn35mmFilm), held" if rec.exif_focal_px else "fitted",
         "landmark_error_px": round(fit.landmark_error_px, 3),
         "landmark_error_relative": round(fit.landmark_error_rel, 5),
         "photometric_error": None if fit.photometric_error is None else round(fit.photometric_error, 5),

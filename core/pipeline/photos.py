@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..detect import detect_landmarks, load_image
+from ..detect.images import exif_focal_px
 from ..device import resolve_device
 from ..jobs import ensure_progress
 from ..models import MorphableModel, load_model
@@ -63,15 +64,17 @@ def reconstruct_photos(inputs, model=None, device="auto", progress=None, texture
     dev = resolve_device(device)
     paths = photo_paths(inputs)
     mm = load_model(model)
-    images, dets, names = [], [], []
+    use_exif = config is None or config.photo.exif_focal
+    images, dets, names, focals = [], [], [], []
     for i, path in enumerate(paths):
         progress.update(f"reading and detecting {Path(path).name}", 0.1 * i / len(paths))
         img = load_image(path)
         images.append(img)
         dets.append(detect_landmarks(img, source=Path(path).name))
         names.append(Path(path).name)
+        focals.append(exif_focal_px(path, img.shape[1], img.shape[0]) if use_exif else None)
     layer = mm.layer(dev)
-    multi = fit_photos(images, dets, layer, config, progress.sub(0.1, 0.8), names=names)
+    multi = fit_photos(images, dets, layer, config, progress.sub(0.1, 0.8), names=names, focal_px=focals)
     progress.update("baking the texture", 0.8)
     import torch
     views, cams = [], []
