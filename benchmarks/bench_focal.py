@@ -4,7 +4,7 @@ The photo fit cannot read a frontal face's focal length from its landmarks (and 
 biased), so the field of view it starts from (``FitConfig.initial_fov_deg``) matters. This renders
 subjects exactly as benchmarks/bench_likeness.py does (Blender Workbench, the face 40% of the image
 width, so a shorter lens means a closer camera) but only the frontal view, with each lens given, and
-fits it with ``core.pipeline.reconstruct_photo`` three ways:
+fits it with ``core.pipeline.reconstruct_photo`` four ways:
   - starting at a 30-degree field of view (the default before the likeness work: a 67 mm lens);
   - starting at the default 40 degrees (a 50 mm lens);
   - with the TRUE focal length held fixed (FitConfig(fit_focal=False));
