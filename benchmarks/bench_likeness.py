@@ -5,7 +5,8 @@ What is measured
   tools/blender_render_heads.py), never FaceForge's own rasteriser. For each subject:
   - identity ~ N(0, I) * --identity-scale in the active model's identity space (unit-variance
     coefficients), plus a mild random expression (blendshape models such as ICT-FaceKit: 3 random
-    shapes at weights 0.1-0.4; PCA expression models: N(0, 0.3) per component);
+    shapes at weights 0.1-0.4, --strong-expressions 0.6-1.0; PCA expression models: N(0, 0.3) per
+    component, x 2.5 with --strong-expressions);
   - colour: the model's vertex albedo (``albedo_mean``; a plain skin colour if it has none) with a
     random skin tone; Blender studio lighting (a random preset, rotated) with or without shadows;
     a random vertical grey-blue gradient background. Transparent layers (ICT's lacrimal film, eye
@@ -137,16 +138,16 @@ def landmark_points(model, verts) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- subjects and renders
-def make_subject(model, seed: int, scale: float) -> dict:
+def make_subject(model, seed: int, scale: float, strong_expression: bool = False) -> dict:
     rng = np.random.default_rng(1000 + seed)
     shape = rng.standard_normal(model.n_shape) * scale
     expr = np.zeros(model.n_expr)
     if model.n_expr:
-        if model.expr_range is not None:        # blendshapes in 0..1: a few, mildly
+        if model.expr_range is not None:        # blendshapes in 0..1: a few, mildly (or strongly)
             pick = rng.choice(model.n_expr, size=min(3, model.n_expr), replace=False)
-            expr[pick] = rng.uniform(0.1, 0.4, len(pick))
+            expr[pick] = rng.uniform(*((0.6, 1.0) if strong_expression else (0.1, 0.4)), len(pick))
         else:
-            expr = rng.normal(0.0, 0.3, model.n_expr)
+            expr = rng.normal(0.0, 0.75 if strong_expression else 0.3, model.n_expr)
     base = model.albedo_mean if model.albedo_mean is not None else np.tile(PLAIN_SKIN, (model.n_vertices, 1))
     tone = rng.uniform(0.8, 1.15) * np.array([1.0, rng.uniform(0.9, 1.05), rng.uniform(0.85, 1.05)])
     views = []
@@ -380,6 +381,8 @@ def main():
     ap.add_argument("--model", default=None, help="model spec: ict (default), facemask/builtin, a .npz or FLAME .pkl")
     ap.add_argument("--size", type=int, default=640, help="render width = height (pixels)")
     ap.add_argument("--identity-scale", type=float, default=1.0)
+    ap.add_argument("--strong-expressions", action="store_true",
+                    help="3 blendshapes at 0.6-1.0 instead of 0.1-0.4 (what a smile does to the identity)")
     ap.add_argument("--region", choices=("face", "narrow"), default="face")
     ap.add_argument("--out", default=None, help="keep the renders in this folder")
     ap.add_argument("--json", default=None, help="write every per-subject number here")
@@ -407,7 +410,7 @@ def main():
     else:
         tmp = tempfile.TemporaryDirectory(prefix="faceforge_likeness_")
         folder = Path(tmp.name)
-    subjects = [make_subject(model, s, args.identity_scale) for s in range(args.subjects)]
+    subjects = [make_subject(model, s, args.identity_scale, args.strong_expressions) for s in range(args.subjects)]
     for s in subjects:
         plan_views(model, s, args.size)
     print(f"Likeness benchmark: model '{model.name}' ({model.n_vertices} vertices, {model.n_shape} identity, "
@@ -491,6 +494,7 @@ def main():
                    for reg in regs}
         Path(args.json).write_text(json.dumps(dict(
             model=model.name, subjects=args.subjects, size=args.size, identity_scale=args.identity_scale,
+            strong_expressions=args.strong_expressions,
             region_vertices={k: int(len(v)) for k, v in regs.items()}, medians_mm=summary,
             eos=eos_msg or "fitted", detector_offset_px={str(k): v for k, v in sorted(by_turn.items())},
             render_s=t_render, wall_s=total, per_subject=results), indent=1, default=_json_default))
