@@ -31,12 +31,11 @@ This stage
    benchmark, 24 subjects, 5 photos: mean ratio to the mean face's error 0.628 -> 0.606, worst subject
    1.17 -> 0.92, medians unchanged). Pose is what bounds this stage: started from the true camera poses,
    it reaches 0.22x-0.44x on 6 subjects with 5 photos, against 0.37x-0.77x from the fitted ones.
-7. puts a sparse (L1) prior on a blendshape model's expression weights (expr_l1): the landmark fits leave
-   several blendshapes at 0.5-0.9 on a face that barely smiles, and the colours would otherwise grow them
-   to absorb each photo's pose and identity errors (started from the true poses, such expressions turned
-   single photos 3-6 degrees away from them again; with the true expressions they stayed within 1.5).
-   A prior that pulls the weights towards zero in proportion (L2) did better on the benchmark's mild
-   expressions but flattened strong ones; L1 shrinks every weight by the same amount.
+7. can put a sparse (L1) prior on a blendshape model's expression weights (expr_l1, off by default): the
+   landmark fits leave several blendshapes at 0.5-0.9 on a face that barely smiles, and the colours grow
+   them to absorb each photo's pose and identity errors (started from the true poses, such expressions
+   turned single photos 3-6 degrees away from them again; with the true expressions they stayed within
+   1.5). The prior helps faces with mild expressions and hurts strong ones (figures at expr_l1).
 On the likeness benchmark (8 Blender-rendered ICT heads, ratio of the median face error to the mean
 face's, cached detections of the 8 subjects these settings were chosen on), after the outline stage:
 3 photos 0.85x -> 0.62x without the mirror pairing, 0.54x with it (and the settings below); 5 photos
@@ -64,10 +63,9 @@ from .silhouette import MaskBoundary, outline_candidates, outline_vertices, poin
 class PhotoConsistencyConfig:
     blur_px: tuple = (4.0, 2.0, 1.0)    # image blur per level, coarse to fine
     rounds: int = 2                     # re-estimations (visibility, light, weights, outline pairs) per level
-    iters: int = 45                     # L-BFGS iterations per round (likeness benchmark, 3 / 5 photos, with the
+    iters: int = 30                     # L-BFGS iterations per round (likeness benchmark, 3 / 5 photos, with the
                                         # settings below: 15 -> 0.58x / 0.52x the mean face's error, 30 -> 0.52x / 0.50x
-                                        # on 8 subjects; with the sparse expression prior, cached detections of
-                                        # 24, mean ratio 30: 0.612 / 0.567, 45: 0.598 / 0.551)
+                                        # on 8 subjects; 45 with expr_l1 below, see there)
     weight: float = 1e5                 # each photo's colours count as this many independent points (likeness
                                         # benchmark, 3 / 5 photos: 1e4 2.21 / 2.34 mm, 3e4 2.07 / 2.08, 1e5 1.90 / 2.01)
     sigma: float = 0.05                 # expected colour noise (0..1)
@@ -83,13 +81,16 @@ class PhotoConsistencyConfig:
     depth_weight: float = 0.05
     shape_prior: float = 1.0
     expr_prior: float = 1.0
-    # a sparse (L1) prior on a blendshape model's weights, as blendshape trackers use: 1.0 above is nothing
-    # against 1e5 points of colour, and the colours then pile spurious expressions (several blendshapes at
-    # 0.5-0.9 on a face that barely smiles) onto each photo's pose and identity errors. Cached detections,
-    # mean of the ratios to the mean face's error, 3 / 5 photos: likeness benchmark (3 mild blendshapes,
-    # 0.1-0.4), 24 subjects, 0.612 / 0.592 -> 0.612 / 0.567; 6 subjects with 3 strong ones (0.6-1.0), 3
-    # photos: 0.70 -> 0.68. An L2 prior of 1e4 instead: 0.605 / 0.560, but 0.78 with strong expressions
-    expr_l1: float = 1e3
+    # a sparse (L1) prior on a blendshape model's weights (0: none), as blendshape trackers use: 1.0 above is
+    # nothing against 1e5 points of colour, and the colours pile spurious expressions (several blendshapes at
+    # 0.5-0.9 on a face that barely smiles) onto each photo's pose and identity errors. NOT on by default: it
+    # trades strong expressions for mild ones. Likeness benchmark, 3 / 5 photos, ratio to the mean face's
+    # error: 1e3 with 45 iterations, 24 subjects with mild expressions (3 blendshapes at 0.1-0.4), medians
+    # 0.63x / 0.60x -> 0.58x / 0.62x, mean ratio 0.61 / 0.59 -> 0.60 / 0.55; 8 subjects with strong ones
+    # (0.6-1.0, --strong-expressions) 0.52x / 0.52x -> 0.58x / 0.50x, mean ratio 0.60 / 0.57 -> 0.66 / 0.60.
+    # An L2 prior of 1e4 instead (cached detections, mean ratio): mild 0.61 / 0.59 -> 0.61 / 0.56, strong
+    # (6 subjects, 3 photos) 0.70 -> 0.78: it pulls real expressions to zero
+    expr_l1: float = 0.0
     shape_norm_weight: float = 100.0   # wall on |identity|^2 beyond the typical set of N(0, I) (0: none)
     # before the first blur level, each photo's head is turned over this grid (degrees) and kept where its
     # colours best match the other photos' (and the mirror's) albedo, if that is search_margin better
@@ -439,10 +440,9 @@ def single_photo_config() -> PhotoConsistencyConfig:
     """The stage on one photo (mirror-symmetric albedo): two blur levels, one round of 15 iterations each,
     to stay within the photo fit's time budget (likeness benchmark, 8 subjects: 0.69x the mean face's
     error against 0.68x with three levels and two rounds, in about half the time); the landmarks
-    count fully (at twice their noise, as for several photos: 0.71x). The sparse expression prior is off
-    here: not measured on one photo (an L2 prior of 1e4 was noise: mean ratio 0.745 -> 0.736, 24 subjects)."""
-    return PhotoConsistencyConfig(symmetric_albedo=True, blur_px=(2.0, 1.0), rounds=1, iters=15, landmark_sigma=0.012,
-                                  expr_l1=0.0)
+    count fully (at twice their noise, as for several photos: 0.71x). An L2 expression prior of 1e4 was
+    noise here (mean ratio 0.745 -> 0.736, 24 subjects)."""
+    return PhotoConsistencyConfig(symmetric_albedo=True, blur_px=(2.0, 1.0), rounds=1, iters=15, landmark_sigma=0.012)
 
 
 def single_photo_applies(layer, config: Optional[PhotoConsistencyConfig] = None) -> bool:
