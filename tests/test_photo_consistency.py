@@ -4,7 +4,7 @@ A random identity of the default head (ICT-FaceKit) with the model's albedo is r
 own rasteriser from three sides, each under its own SH light; its 'detections' are exact projections
 of the landmark points of a face pulled towards the average (as mediapipe's are). From the landmark
 solution at the true poses, the colours must recover clearly more of the shape. Measured (this
-set-up): landmarks 2.46 mm, + colours 1.25 mm (1.73 without the mirror-symmetric albedo; centred,
+set-up): landmarks 2.46 mm, + colours 1.27 mm (1.73 without the mirror-symmetric albedo; centred,
 unaligned median over the face part)."""
 
 
