@@ -288,7 +288,7 @@ def fit_subject(model, subj: dict, regs: dict, eos_peer) -> dict:
     if dets[0] is not None:
         rec = reconstruct_photo(paths[0], model=model, device="cpu", texture_size=0)
         out["errors"]["single"] = err(rec.fit.vertices_neutral)
-        out["expression"] = {"1": expression_recovery(subj["expr"], [rec.fit.params["expr"]])}
+        out["expression"] = {"1": expression_recovery(model, subj["expr"], [rec.fit.params["expr"]])}
         out["timings"]["single_landmarks_s"] = rec.fit.timings["landmarks_s"]
         out["timings"]["single_fit_s"] = rec.fit.timings["total_s"]
         out["timings"]["single_total_s"] = rec.timings["total_s"]
@@ -325,7 +325,7 @@ def fit_subject(model, subj: dict, regs: dict, eos_peer) -> dict:
         out["timings"][f"multi{n}_joint_s"] = m.timings["joint_s"]
         out["timings"][f"multi{n}_total_s"] = rec.timings["total_s"]
         out[f"trusted_view_{n}"] = int(idx[m.best_single()])
-        out.setdefault("expression", {})[str(n)] = expression_recovery(subj["expr"], [v["expr"] for v in m.views])
+        out.setdefault("expression", {})[str(n)] = expression_recovery(model, subj["expr"], [v["expr"] for v in m.views])
         # each photo's head rotation relative to the first photo's, against the truth (frame-free: a
         # rotation of the whole model frame cancels); the final views, after the colour stage
         R_true = [BLENDER_TO_OPENCV @ subj["views"][i]["R"] for i in idx]
@@ -336,12 +336,13 @@ def fit_subject(model, subj: dict, regs: dict, eos_peer) -> dict:
     return out
 
 
-def expression_recovery(true_expr, fitted: list) -> dict:
+def expression_recovery(model, true_expr, fitted: list) -> dict:
     """How well the photos' expressions were recovered, per photo on average: the summed absolute error of
-    the weights, and (blendshape models) the mean fitted weight of the components the subject has."""
+    the weights, and (blendshape models, whose subjects have a few) the mean fitted weight of the
+    blendshapes the subject has."""
     true_expr = np.asarray(true_expr, np.float64)
     fitted = [np.asarray(e, np.float64) for e in fitted]
-    on = true_expr != 0
+    on = (true_expr != 0) & (model.expr_range is not None)
     return dict(abs_error=float(np.mean([np.abs(e - true_expr).sum() for e in fitted])),
                 true_weights=float(np.mean([e[on].mean() for e in fitted])) if on.any() else None,
                 true_weights_truth=float(true_expr[on].mean()) if on.any() else None)
@@ -484,8 +485,8 @@ def main():
     if any(ex.values()):
         part = lambda rows: (f"summed |error| {med([x['abs_error'] for x in rows]):.2f}"              # noqa: E731
                              + (f", the subject's own components at {med([x['true_weights'] for x in rows]):.2f}"
-                                if rows[0]["true_weights"] is not None else ""))
-        truth = med([x["true_weights_truth"] for x in ex[1] or ex[3]])
+                                if med([x["true_weights"] for x in rows]) is not None else ""))
+        truth = med([x["true_weights_truth"] for rows in ex.values() for x in rows])
         print("  expressions per photo (median over subjects): "
               + "; ".join(f"{n} photo{'s' if n > 1 else ''}: {part(rows)}" for n, rows in ex.items() if rows)
               + (f" (true weights {truth:.2f})" if truth is not None else ""))
