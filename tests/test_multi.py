@@ -145,8 +145,8 @@ def test_bad_photo_inputs(tmp_path):
 def test_multi_photo_fit_keeps_a_real_smile():
     """Each photo keeps its own expression through the joint refinement and the outline and colour stages.
     ICT-FaceKit, one person smiling (both mouth corners 0.8, jaw 0.3) rendered by FaceForge's rasteriser
-    from three sides, exact landmarks. Measured: the smile at 0.87 after the landmark stages, 0.84 after all
-    stages. Starting the joint refinement from neutral expressions instead (tried against the likeness
+    from three sides, exact landmarks. Measured: the smile at 0.87 after the landmark stages, 0.78-0.84 after
+    all stages (two runs). Starting the joint refinement from neutral expressions instead (tried against the likeness
     benchmark's spurious expressions) left it at 0.47 after the landmark stages: 100 L-BFGS steps do not
     grow it back."""
     import torch
