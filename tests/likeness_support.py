@@ -43,3 +43,18 @@ def detection(model, points3d, R, t, focal: float, size: int):
     pts[idx, :2] = np.stack([focal * cam[:, 0] / cam[:, 2], focal * cam[:, 1] / cam[:, 2]], 1) + size / 2
     pts[idx, 2] = focal * (cam[:, 2] - cam[:, 2].mean()) / cam[:, 2].mean()
     return types.SimpleNamespace(points=pts, face_size=float(np.ptp(pts[idx, 0])))
+
+
+def render_view(model, verts, R, t, sh, focal: float, size: int) -> np.ndarray:
+    """``verts`` (model space) at pose (R, t) rendered by FaceForge's rasteriser with the model's albedo
+    (skin faces) and SH light ``sh`` (9, 3), on a plain blue-grey background: a ``size`` x ``size`` RGB uint8."""
+    import torch
+
+    from core.render import render
+
+    albedo = model.albedo_mean if model.albedo_mean is not None else np.full((model.n_vertices, 3), 0.6, np.float32)
+    cam = torch.as_tensor((verts @ R.T + t)[None], dtype=torch.float32)
+    out = render(cam, model.faces[model.skin_faces()], torch.as_tensor(albedo[None], dtype=torch.float32),
+                 torch.as_tensor(sh, dtype=torch.float32)[None], focal, size / 2, size / 2, size, size, backend="torch")
+    img = torch.where(out.mask[0, ..., None], out.image[0], torch.tensor([0.35, 0.4, 0.5]))
+    return (img.clamp(0, 1).numpy() * 255).round().astype(np.uint8)

@@ -152,8 +152,7 @@ def test_multi_photo_fit_keeps_a_real_smile():
     import torch
 
     from core.fit import FitConfig
-    from core.render import render
-    from tests.likeness_support import detection, rotation
+    from tests.likeness_support import detection, render_view, rotation
 
     ict = load_model(None)
     layer = ict.layer("cpu")
@@ -165,8 +164,6 @@ def test_multi_photo_fit_keeps_a_real_smile():
     verts = ict.v_template + ict.shape_basis @ truth + ict.expr_basis @ expr
     emb = ict.landmarks
     lm = (verts[ict.faces[emb.face_index]] * emb.bary[:, :, None]).sum(1)
-    albedo = torch.as_tensor(ict.albedo_mean[None], dtype=torch.float32)
-    faces = ict.faces[ict.skin_faces()]
     size, f = 320, 600.0
     images, dets = [], []
     for yaw in (0.0, -30.0, 30.0):
@@ -174,10 +171,7 @@ def test_multi_photo_fit_keeps_a_real_smile():
         t = np.array([0.0, 0.0, 0.75]) - R @ lm.mean(0)
         sh = torch.zeros(1, 9, 3)
         sh[0, 0], sh[0, 2] = 1.0, -0.3
-        out = render(torch.as_tensor((verts @ R.T + t)[None], dtype=torch.float32), faces, albedo, sh, f,
-                     size / 2, size / 2, size, size, backend="torch")
-        img = torch.where(out.mask[0, ..., None], out.image[0], torch.tensor([0.35, 0.4, 0.5]))
-        images.append((img.clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+        images.append(render_view(ict, verts, R, t, sh[0], f, size))
         d = detection(ict, lm, R, t, f, size)
         pts = d.points[emb.detector_index]
         d.bbox, d.warnings = (*pts[:, :2].min(0), *pts[:, :2].max(0)), []    # what the photo fit reads besides

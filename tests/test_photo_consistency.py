@@ -20,8 +20,7 @@ from core.fit.photo_consistency import (PhotoConsistencyConfig, mirror_partners,
                                         single_photo_config)
 from core.fit.silhouette import SilhouetteConfig, refine_silhouette
 from core.models import load_model
-from core.render import render
-from tests.likeness_support import detection, error_mm, person_and_biased_landmarks, rotation
+from tests.likeness_support import detection, error_mm, person_and_biased_landmarks, render_view, rotation
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +33,15 @@ def _rendered_person(ict, yaws, seed=5):
     light), its detector-biased 'detections', and the landmark-only solution at the true poses."""
     truth, verts, lm, lm_det = person_and_biased_landmarks(ict, seed)
     layer = ict.layer("cpu")
-    albedo = ict.albedo_mean if ict.albedo_mean is not None else np.full((ict.n_vertices, 3), 0.6, np.float32)
-    faces = ict.faces[ict.skin_faces()]
     size, f = 320, 600.0
     dets, views, images = [], [], []
     for k, yaw in enumerate(yaws):
         R = rotation(yaw)
         t = np.array([0.0, 0.0, 0.75]) - R @ lm.mean(0)
-        cam = torch.as_tensor((verts @ R.T + t)[None], dtype=torch.float32)
         sh = torch.zeros(1, 9, 3)
         sh[0, 0] = 1.0                                   # ambient, plus a light from the side and above
         sh[0, 1], sh[0, 2], sh[0, 3] = -0.15, -0.35, 0.2 * (k - 1) if len(yaws) > 1 else 0.3
-        out = render(cam, faces, torch.as_tensor(albedo[None], dtype=torch.float32), sh, f, size / 2, size / 2,
-                     size, size, backend="torch")
-        img = torch.where(out.mask[0, ..., None], out.image[0], torch.tensor([0.35, 0.4, 0.5]))
-        images.append((img.clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+        images.append(render_view(ict, verts, R, t, sh[0], f, size))
         dets.append(detection(ict, lm_det, R, t, f, size))
         views.append(dict(R=R, t=t, focal=f, cx=size / 2, cy=size / 2, expr=np.zeros(ict.n_expr, np.float32),
                           joint_pose=np.zeros((0, 3), np.float32), sh=sh[0].numpy()))
