@@ -22,8 +22,9 @@
    mirror image, each photo with its own SH light), so identity, poses and expressions are refined on
    the colours of every face vertex, with the landmarks and outlines kept as regularisers (likeness
    benchmark, cached detections, 3 / 5 photos: 0.85x / 0.81x the mean face's error after the outlines,
-   0.54x / 0.51x after the colours; a few seconds per photo). It starts by re-turning each photo's head
-   where its colours disagree with the others' (the landmark fits of a 50-degree turn are 8-18 degrees off).
+   0.54x / 0.51x after the colours; a few seconds per photo). It starts by re-turning the head of each
+   photo turned 40+ degrees where its colours disagree with the others' (the landmark fits of a 50-degree
+   turn are 8-18 degrees off).
 """
 
 from __future__ import annotations

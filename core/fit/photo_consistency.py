@@ -24,12 +24,13 @@ This stage
    shape (refine_photo_fit, used by the single-photo pipeline). Without the pairing a single photo
    gives no constraint (its own albedo explains any colour). A coarse mesh (the 468-vertex built-in
    head) is left alone (min_vertices), and so is a model whose template is not symmetric.
-6. first turns each photo's head over a grid of yaw and pitch offsets about its centre (search_poses) and
-   keeps the turn whose colours best match the albedo of the OTHER photos and the mirror, when that is
-   10% better: the detector's points on a head turned 50 degrees describe a less turned face, and the
-   landmark fits are 8-18 degrees off there, beyond the reach of the continuous refinement (likeness
-   benchmark, 24 subjects, 5 photos: mean ratio to the mean face's error 0.628 -> 0.606, worst subject
-   1.17 -> 0.92, medians unchanged). Pose is what bounds this stage: started from the true camera poses,
+6. first turns the head of each photo turned 40+ degrees from the camera over a grid of yaw and pitch
+   offsets about its centre (search_poses) and keeps the turn whose colours best match the albedo of the
+   OTHER photos and the mirror, when that is 10% better: the detector's points on a head turned 50 degrees
+   describe a less turned face, and the landmark fits are 8-18 degrees off there, beyond the reach of the
+   continuous refinement (likeness benchmark, 24 subjects, 5 photos: mean ratio to the mean face's error
+   0.628 -> 0.606, worst subject 1.17 -> 0.92, medians unchanged). Nearer frontal the search did more harm
+   than good (search_min_turn_deg). Pose is what bounds this stage: started from the true camera poses,
    it reaches 0.22x-0.44x on 6 subjects with 5 photos, against 0.37x-0.77x from the fitted ones.
 7. can put a sparse (L1) prior on a blendshape model's expression weights (expr_l1, off by default): the
    landmark fits leave several blendshapes at 0.5-0.9 on a face that barely smiles, and the colours grow
@@ -99,6 +100,15 @@ class PhotoConsistencyConfig:
     search_yaw_deg: tuple = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
     search_pitch_deg: tuple = (-8.0, -4.0, 0.0, 4.0, 8.0)
     search_margin: float = 0.1
+    # only photos turned at least this far from the camera are searched: that is where the detector's points
+    # mislead (mediapipe at 50 degrees: the camera's pitch and yaw 4-7 degrees off there even for a PnP with
+    # the true 3D shape and lens, about 2 at 30 and at 0). Nearer frontal, the search's colour score (against
+    # a shape fitted to those poses) is the less reliable cue: on the likeness benchmark's 24 subjects (cached
+    # detections, 5 photos) it had turned 20 of the 48 +-30 degree photos and put 14 of them further from the
+    # true pose (mean 3.9 -> 5.7 degrees), while it improved 22 of the 27 +-50 degree photos it turned (11.2 ->
+    # 8.2). Limited to turns from 40 degrees, mean ratio to the mean face's error 0.612 / 0.592 -> 0.606 /
+    # 0.573 for 3 / 5 photos (paired differences -0.006 +- 0.004 / -0.019 +- 0.011, standard errors)
+    search_min_turn_deg: float = 40.0
     expr_bound_weight: float = 1e6     # a stiff wall at a blendshape model's range (the colours outweigh 1e4)
     symmetric_albedo: bool = True       # mirror vertices share one albedo (left-right symmetric models only;
                                         # likeness benchmark, 3 / 5 photos: 0.62x / 0.64x -> 0.59x / 0.55x)
@@ -287,10 +297,10 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
         return vis * ((cos - cfg.min_cos) / (1 - cfg.min_cos)).clamp(0, 1) ** 2
 
     def search_poses(level):
-        """Each photo's head turned about its centre over a grid of yaw and pitch offsets, keeping the
-        turn whose colours best match the albedo the OTHER photos (and the mirror) give. The landmark
-        fits can be 10+ degrees off on a turned head (the detector guesses a less turned face), beyond
-        what the continuous refinement below recovers; the colours see it."""
+        """The head of each photo turned search_min_turn_deg or more from the camera, turned about its centre
+        over a grid of yaw and pitch offsets, keeping the turn whose colours best match the albedo the OTHER
+        photos (and the mirror) give. The landmark fits can be 10+ degrees off on a turned head (the detector
+        guesses a less turned face), beyond what the continuous refinement below recovers; the colours see it."""
         nonlocal R0, t0
         with torch.no_grad():
             R, t = pose()
@@ -299,7 +309,11 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
             wgt = torch.stack([view_weights(i, verts[i], p[i], nrm[i], px[i]) for i in range(N)])
             shade = torch.einsum("npk,nkc->npc", sh_basis(nrm), sh)
             R_new, t_new = R.clone(), t.clone()
+            facing = (R @ torch.tensor([0.0, 0.0, 1.0], **f32))[:, 2]          # the face's +z axis, camera space
+            turned = torch.rad2deg(torch.arccos((-facing).clamp(-1, 1))).cpu().numpy()
             for i in range(N):
+                if turned[i] < cfg.search_min_turn_deg:
+                    continue
                 others = [j for j in range(N) if j != i]
                 a = _albedo(col[others], shade[others], wgt[others], mirror)
                 den = wgt[others].sum(0)
