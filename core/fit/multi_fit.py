@@ -41,7 +41,7 @@ from ..detect.landmarks import FaceLandmarks
 from ..errors import FaceForgeError
 from ..jobs import ensure_progress
 from ..models.morphable import MorphableLayer, axis_angle_to_matrix
-from ..render.camera import project
+from ..render.camera import head_turn_deg, project
 from .batch_fit import BatchLandmarkFitter, BatchPriors
 from .photo_consistency import PhotoConsistencyConfig, refine_photo_consistency
 from .photo_fit import FitConfig, PhotoFit, PhotoFitter, landmark_weights
@@ -105,8 +105,7 @@ def photo_quality(image: np.ndarray, det: FaceLandmarks, rotation: np.ndarray) -
     M = np.array([[s, 0, 64 - c[0] * s], [0, s, 64 - c[1] * s]], np.float32)
     crop = cv2.warpAffine(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), M, (128, 128), flags=cv2.INTER_AREA)
     sharp = float(cv2.Laplacian(crop.astype(np.float32), cv2.CV_32F).var())
-    forward = rotation @ np.array([0.0, 0.0, 1.0])          # the face's +z axis in camera space
-    yaw = float(np.degrees(np.arccos(np.clip(-forward[2], -1, 1))))
+    yaw = float(head_turn_deg(rotation))
     # each factor ~1 for a good photo, growing as the detector's landmarks get less reliable
     k_size = max(1.0, 100.0 / max(side, 1.0))                # under ~100 px the detector degrades
     k_blur = 1.0 + max(0.0, (40.0 - sharp) / 40.0) * 2.0     # a 128 px crop of a sharp face: >~60

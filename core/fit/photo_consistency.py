@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.morphable import axis_angle_to_matrix
+from ..render.camera import head_turn_deg
 from ..render.rasterizer import rasterize
 from ..render.shading import sh_basis, vertex_normals
 from .silhouette import MaskBoundary, outline_candidates, outline_vertices, point_layer, stacked_views
@@ -309,8 +310,7 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
             wgt = torch.stack([view_weights(i, verts[i], p[i], nrm[i], px[i]) for i in range(N)])
             shade = torch.einsum("npk,nkc->npc", sh_basis(nrm), sh)
             R_new, t_new = R.clone(), t.clone()
-            facing = (R @ torch.tensor([0.0, 0.0, 1.0], **f32))[:, 2]          # the face's +z axis, camera space
-            turned = torch.rad2deg(torch.arccos((-facing).clamp(-1, 1))).cpu().numpy()
+            turned = head_turn_deg(R)
             for i in range(N):
                 if turned[i] < cfg.search_min_turn_deg:
                     continue

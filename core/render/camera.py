@@ -5,6 +5,7 @@ Pixel (i, j) has its centre at (u, v) = (j + 0.5, i + 0.5), so the image spans u
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -37,3 +38,10 @@ def project(points_cam: torch.Tensor, focal, cx, cy) -> torch.Tensor:
 def camera_space(verts_model: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
     """Model -> camera space: R @ v + t for (B, V, 3) vertices, (B, 3, 3) rotations, (B, 3) translations."""
     return verts_model @ rotation.transpose(-1, -2) + translation[..., None, :]
+
+
+def head_turn_deg(rotation) -> np.ndarray:
+    """How far a head is turned away from the camera (degrees; 0 = facing it), for model-to-camera
+    rotations (..., 3, 3), numpy or torch: the angle between the face's +z axis and the way to the camera."""
+    R = rotation.detach().cpu().numpy() if torch.is_tensor(rotation) else np.asarray(rotation)
+    return np.degrees(np.arccos(np.clip(-R[..., 2, 2], -1.0, 1.0)))
