@@ -197,8 +197,9 @@ def test_multi_photo_fit_keeps_a_real_smile():
 def test_a_smile_in_one_photo_stays_in_that_photo():
     """The colour stage couples the photos' expressions (PhotoConsistencyConfig.expr_coupling) with a bounded
     penalty, so a real difference is kept: one person, the -30 degree photo smiling, the others not
-    (_smiling_views). Measured: smile weights 0.10 / 0.80 / 0.11 per photo (0.11 / 0.78 / 0.11 without the
-    coupling; a plain quadratic coupling of the same strength gave 0.27 / 0.47 / 0.28)."""
+    (_smiling_views). Measured: smile weights 0.10 / 0.72 / 0.09 per photo (0.10 / 0.80 / 0.11 with the
+    tighter robust weights before robust_scale = 3; 0.11 / 0.78 / 0.11 without the coupling; a plain quadratic
+    coupling of the same strength gave 0.27 / 0.47 / 0.28)."""
     layer, images, dets, smile = _smiling_views((False, True, False))
     r = fit_photos(images, dets, layer, MultiFitConfig(check_people=False))
     got = [float(v["expr"][smile].mean()) for v in r.views]
