@@ -177,9 +177,9 @@ def _smiling_views(smiles):
 def test_multi_photo_fit_keeps_a_real_smile():
     """Each photo keeps its own expression through the joint refinement and the outline and colour stages.
     One person smiling in all three photos (_smiling_views). Measured: the smile at 0.87 after the landmark
-    stages, 0.86 after all stages (0.78-0.84 in two runs with two colour re-estimation rounds per level). Starting the joint refinement from neutral expressions
-    instead (tried against the likeness benchmark's spurious expressions) left it at 0.47 after the landmark
-    stages: 100 L-BFGS steps do not grow it back."""
+    stages, 0.86 after all stages (0.78-0.84 in two runs with two colour re-estimation rounds per level).
+    Starting the joint refinement from neutral expressions instead (tried against the likeness benchmark's
+    spurious expressions) left it at 0.47 after the landmark stages: 100 L-BFGS steps do not grow it back."""
     from core.fit import FitConfig
 
     layer, images, dets, smile = _smiling_views((True, True, True))
