@@ -118,6 +118,61 @@ def _residuals_and_jacobian(pb: LandmarkProblem, R, t, log_f, f0, c, dist0, want
     return r, torch.cat(rows)
 
 
+def so3_left_jacobian(phi: torch.Tensor) -> torch.Tensor:
+    """J with exp(phi + d) = exp(J d) exp(phi) to first order in d: turns a gradient with respect to a
+    left rotation increment into one with respect to the axis-angle ``phi`` itself."""
+    theta = float(phi.norm())
+    K = _skew(phi)
+    eye = torch.eye(3, dtype=phi.dtype, device=phi.device)
+    if theta < 1e-4:                                                # series: 1/2, 1/6
+        return eye + 0.5 * K + (K @ K) / 6.0
+    a = (1.0 - np.cos(theta)) / theta ** 2
+    b = (theta - np.sin(theta)) / theta ** 3
+    return eye + a * K + b * (K @ K)
+
+
+def objective_and_gradient(pb: LandmarkProblem, R0: torch.Tensor, t0: torch.Tensor, dist0: float, f0: float,
+                           rot: torch.Tensor, trans: torch.Tensor, log_f: torch.Tensor, c: torch.Tensor):
+    """The landmark objective 0.5 |r|^2 (r: _residuals_and_jacobian's residuals; the photo fit's L-BFGS loss,
+    term for term) and its exact gradient for the L-BFGS path's parameters: R = exp(rot) R0,
+    t = t0 + dist0 * trans, f = f0 exp(log_f), and the coefficients c. Returns (loss, g_rot, g_trans,
+    g_log_f, g_c). Written out by hand (J^T r without forming J): the problem is tiny, so autograd's
+    per-node overhead was most of its cost."""
+    R = axis_angle_to_matrix(rot[None])[0] @ R0
+    P = pb.T + pb.B @ c                                             # (L, 3)
+    Y = P @ R.T
+    X = Y + t0 + dist0 * trans
+    f = f0 * torch.exp(log_f)
+    Z = X[:, 2]
+    centre = X.new_tensor([pb.cx, pb.cy])
+    uv = f * X[:, :2] / Z[:, None] + centre
+    w = pb.sqrt_w * pb.scale
+    r_xy = (uv - pb.target[:, :2]) * w[:, None]                     # (L, 2)
+    Zm = Z.mean()
+    rel = (Z - Zm) / Zm
+    wd = w * pb.sqrt_depth
+    r_d = (f * rel - (pb.target[:, 2] - pb.target[:, 2].mean())) * wd
+    r_f = np.sqrt(pb.focal_prior) * log_f
+    loss = (r_xy * r_xy).sum() + (r_d * r_d).sum() + (pb.prior * c * c).sum() + r_f * r_f
+    g_c = pb.prior * c
+    if pb.expr_range is not None:
+        lo, hi = pb.expr_range
+        e = c[pb.n_shape:]
+        over = torch.relu(e - hi) - torch.relu(lo - e)              # signed distance outside the range
+        loss = loss + pb.bound ** 2 * (over * over).sum()
+        g_c = g_c + torch.cat([torch.zeros_like(c[:pb.n_shape]), pb.bound ** 2 * over])
+    # dL/dX per landmark: the projection's and the relative depth's
+    a = r_xy * w[:, None]                                           # dL/d(u, v)
+    q = r_d * wd                                                    # dL/d(dz)
+    G = torch.zeros_like(X)
+    G[:, :2] = a * (f / Z)[:, None]
+    G[:, 2] = -(a * X[:, :2]).sum(1) * f / Z ** 2 + f / Zm * q - f / (len(Z) * Zm ** 2) * (q * Z).sum()
+    g_log_f = (a * (uv - centre)).sum() + (q * f * rel).sum() + np.sqrt(pb.focal_prior) * r_f
+    g_w = torch.linalg.cross(Y, G).sum(0)                           # R <- exp(w) R moves X by w x Y
+    g_c = g_c + pb.B.reshape(-1, pb.B.shape[-1]).T @ (G @ R).reshape(-1)
+    return 0.5 * loss, so3_left_jacobian(rot).T @ g_w, dist0 * G.sum(0), g_log_f, g_c
+
+
 def solve_landmarks(pb: LandmarkProblem, R0: torch.Tensor, t: torch.Tensor, f0: float, dist0: float,
                     c0: torch.Tensor, log_f0: float = 0.0, rigid_iters: int = 6, iters: int = 15,
                     fit_focal: bool = True, tol: float = 1e-7) -> dict:
