@@ -313,7 +313,8 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
 
     def observe(level):
         R, t = pose()
-        cam = sub_layer(shape.expand(N, -1), expr(), joints) @ R.transpose(1, 2) + t[:, None]
+        # the shared identity (1, K) broadcasts against the photos' expressions: its offsets once, not N times
+        cam = sub_layer(shape, expr(), joints) @ R.transpose(1, 2) + t[:, None]
         nrm = vertex_normals(cam, sub_faces)[:, pv_local]
         p = cam[:, pv_local]
         px = proj(p)
@@ -323,7 +324,7 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
     def regulariser():
         R, t = pose()
         e = expr()
-        lm = lm_layer(shape.expand(N, -1), e, joints) @ R.transpose(1, 2) + t[:, None]
+        lm = lm_layer(shape, e, joints) @ R.transpose(1, 2) + t[:, None]
         s = lm_scale[:, None, None]
         r = (proj(lm) - targets[..., :2]) * sqrt_w * s
         z = lm[..., 2]
@@ -481,7 +482,7 @@ def refine_photo_consistency(layer, images: list, detections: list, masks: list,
                 if outline is not None:
                     pl, loc, own, q, n, sw = outline
                     R, t = pose()
-                    c = torch.einsum("kij,kj->ki", R[own], pl(shape.expand(N, -1), expr(), joints)[own, loc]) + t[own]
+                    c = torch.einsum("kij,kj->ki", R[own], pl(shape, expr(), joints)[own, loc]) + t[own]
                     pp = torch.stack([foc[own] * c[:, 0] / c[:, 2] + cx[own], foc[own] * c[:, 1] / c[:, 2] + cy[own]], -1)
                     loss = loss + 0.5 * (sw * ((pp - q) * n).sum(1) ** 2).sum()
                 loss.backward()

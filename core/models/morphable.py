@@ -418,6 +418,10 @@ class LandmarkLayer(torch.nn.Module):
         ids, inverse = torch.unique(lm_faces.reshape(-1), return_inverse=True)
         self.register_buffer("local_faces", inverse.reshape(-1, 3))
         self.register_buffer("lm_bary", full.lm_bary if bary is None else bary)
+        # points that are the vertices themselves, in order (silhouette.point_layer): no barycentric blend
+        self.points_are_vertices = bool(
+            len(ids) == len(self.local_faces) and (self.local_faces == torch.arange(len(ids), device=ids.device)[:, None]).all()
+            and (self.lm_bary[:, 0] == 1).all() and (self.lm_bary[:, 1:] == 0).all())
         V = full.model.n_vertices
         S = len(ids)
         rows = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).reshape(-1)   # (S*3,)
@@ -459,5 +463,7 @@ class LandmarkLayer(torch.nn.Module):
                 j_off = j_off + expr @ self.j_expr.T
             joints = self.j_template[None] + j_off.expand(B, -1).reshape(B, -1, 3)
             v = MorphableLayer.skin_with_joints(self, v, joints, joint_pose)
+        if self.points_are_vertices:
+            return v
         tri = v[:, self.local_faces]                                          # (B, L, 3, 3)
         return (tri * self.lm_bary[None, :, :, None]).sum(2)
